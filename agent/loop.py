@@ -1,0 +1,166 @@
+"""The agent loop: messages → model → tool calls → results → model … → final answer.
+
+Read it as four lines per step: ask the model (:meth:`ChatBackend.complete`), parse its reply
+(:func:`agent.parser.parse`), run the calls concurrently (:func:`agent.tools.run_calls`), append
+the assistant turn and one ``tool`` message per call. A reply without calls is the answer.
+
+Every step goes into the trace (:class:`Step`: model text, calls, results, timings, tokens), which
+comes back with the answer in :class:`AgentResult`. The loop ends with ``stopped_reason``:
+``answer``, ``max_steps`` (the model still wanted tools after ``max_steps`` model calls; the
+answer is then the last text it wrote), or ``cancelled`` (``should_stop()`` returned true; checked
+before each step and passed to the model for checks between decode steps).
+
+A call the parser could not read stays in the assistant turn as the model wrote it, and its
+result says why it failed — the model gets to repair it on the next step (Qwen-Agent instead
+feeds the exception text; vLLM's parser drops the call).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.backend import ChatBackend
+from agent.parser import ToolCall, parse
+from agent.tools import Tool, ToolResult, as_tools, run_calls
+
+DEFAULT_SYSTEM = (
+    "You are a helpful assistant. Use the tools when they help; when you have the answer, "
+    "reply with it directly, without a tool call."
+)
+
+
+@dataclass
+class Step:
+    index: int
+    text: str  # the model's raw reply
+    content: str  # the reply without its tool calls
+    calls: list[ToolCall]
+    results: list[ToolResult]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model_seconds: float
+    tool_seconds: float
+
+
+@dataclass
+class AgentResult:
+    answer: str
+    trace: list[Step]
+    steps: int
+    stopped_reason: str  # answer | max_steps | cancelled
+    messages: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "steps": self.steps,
+            "stopped_reason": self.stopped_reason,
+            "trace": [asdict(s) for s in self.trace],
+            "prompt_tokens": sum(s.prompt_tokens for s in self.trace),
+            "completion_tokens": sum(s.completion_tokens for s in self.trace),
+        }
+
+
+def run_agent(
+    model: ChatBackend,
+    task: str | list[dict],
+    tools: Sequence[Any],
+    *,
+    max_steps: int = 8,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[Step], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    params: Any = None,
+    system: str | None = None,
+) -> AgentResult:
+    """Run the loop; ``tools`` may be Tools, typed functions or LangChain tools."""
+    tool_list = as_tools(tools)
+    schemas = [t.schema() for t in tool_list]
+    messages = _start(task, system)
+    trace: list[Step] = []
+    for index in range(max_steps):
+        if should_stop is not None and should_stop():
+            return _result(trace, messages, "cancelled")
+        step = _one_step(model, index, messages, schemas, tool_list, params, on_text, should_stop)
+        trace.append(step)
+        if on_step is not None:
+            on_step(step)
+        if step.finish_reason == "cancelled":
+            return _result(trace, messages, "cancelled")
+        if not step.calls:
+            messages.append({"role": "assistant", "content": step.content})
+            return _result(trace, messages, "answer", answer=step.content)
+        messages.extend(_turn_messages(step))
+    return _result(trace, messages, "max_steps")
+
+
+def _one_step(model, index, messages, schemas, tools, params, on_text, should_stop) -> Step:
+    started = time.perf_counter()
+    generation = model.complete(messages, schemas, params, on_text=on_text, should_stop=should_stop)
+    model_seconds = time.perf_counter() - started
+    parsed = parse(generation.text, model.tool_format.parser)
+    calls = parsed.calls
+    for call in calls:
+        call.id = f"step{index}_{call.id}"
+    started = time.perf_counter()
+    results = run_calls(calls, tools) if calls else []
+    return Step(
+        index=index,
+        text=generation.text,
+        content=parsed.content,
+        calls=calls,
+        results=results,
+        finish_reason=generation.finish_reason,
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=len(generation.token_ids),
+        model_seconds=model_seconds,
+        tool_seconds=time.perf_counter() - started,
+    )
+
+
+def _start(task: str | list[dict], system: str | None) -> list[dict]:
+    if isinstance(task, str):
+        return [
+            {"role": "system", "content": system or DEFAULT_SYSTEM},
+            {"role": "user", "content": task},
+        ]
+    messages = [dict(m) for m in task]
+    if system is not None and not (messages and messages[0].get("role") == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _turn_messages(step: Step) -> list[dict]:
+    """The assistant turn (readable calls as tool_calls, unreadable ones as written) and results."""
+    broken = "\n".join(c.raw for c in step.calls if not c.valid)
+    assistant = {
+        "role": "assistant",
+        "content": "\n".join(p for p in (step.content, broken) if p),
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in step.calls
+            if c.valid
+        ],
+    }
+    results = [
+        {"role": "tool", "tool_call_id": r.call_id, "name": r.name or "", "content": r.content}
+        for r in step.results
+    ]
+    return [assistant, *results]
+
+
+def _result(
+    trace: list[Step], messages: list[dict], reason: str, answer: str | None = None
+) -> AgentResult:
+    if answer is None:
+        answer = next((s.content for s in reversed(trace) if s.content), "")
+    return AgentResult(
+        answer=answer, trace=trace, steps=len(trace), stopped_reason=reason, messages=messages
+    )
+
+
+__all__ = ["AgentResult", "Step", "Tool", "run_agent"]
