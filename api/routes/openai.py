@@ -1,0 +1,143 @@
+"""OpenAI-compatible `/v1/chat/completions` (streaming and tools) and `/v1/models`.
+
+A chat completion is a GPU job like any other; this route waits for it. Streaming waits for the
+job's first output before answering, so a prompt over the window (found by the worker before
+any work) is still a 400, not an error inside a 200 stream. A client that goes away cancels
+its job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.deps import IdempotencyKey, JobsDep, Principal, SettingsDep, submit
+from api.errors import ApiError, error_response
+from api.events import Event, follow, sse
+from workers.contracts import ChatRequest, Job, JobKind, JobStore, Settings
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def model_card(settings: Settings) -> dict[str, Any]:
+    return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "longctx"}
+
+
+@router.get("/models")
+def list_models(settings: SettingsDep, _: Principal) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(settings)]}
+
+
+@router.get("/models/{model_id}")
+def get_model(model_id: str, settings: SettingsDep, _: Principal) -> dict[str, Any]:
+    if model_id != settings.model_name:
+        raise ApiError(404, f"the model {model_id!r} does not exist; this server has {settings.model_name!r}", code="model_not_found")
+    return model_card(settings)
+
+
+def check_chat(body: ChatRequest, settings: Settings) -> None:
+    if body.model != settings.model_name:
+        raise ApiError(404, f"the model {body.model!r} does not exist; this server has {settings.model_name!r}", code="model_not_found")
+    wanted = body.max_completion_tokens or body.max_tokens or 0
+    if wanted > settings.max_new_tokens_limit:
+        raise ApiError(400, f"max_tokens {wanted} is over this server's limit of {settings.max_new_tokens_limit}", code="max_tokens_too_large")
+    size = len(json.dumps(body.messages)) + len(json.dumps(body.tools or []))
+    if size > settings.max_prompt_chars:
+        raise ApiError(400, f"the prompt has {size} characters, over the limit of {settings.max_prompt_chars}", code="context_length_exceeded")
+
+
+@router.post("/chat/completions", response_model=None)
+def chat_completions(body: ChatRequest, request: Request, response: Response, principal: Principal,
+                     settings: SettingsDep, jobs: JobsDep, key: IdempotencyKey = None) -> Any:
+    """Chat completion in OpenAI's format; `stream: true` answers with server-sent chunks."""
+    check_chat(body, settings)
+    job = submit(request, response, JobKind.chat, body, principal, key)
+    deadline = time.monotonic() + settings.sync_wait_s
+    events = follow(jobs, job.id, block_ms=2000, deadline=deadline)
+    head = _first_output(events, jobs, job)
+    if head[1] == "done":
+        return _final_response(head[2], job, jobs)
+    if not body.stream:
+        for event in events:
+            if event is not None and event[1] == "done":
+                return _final_response(event[2], job, jobs)
+        return _timed_out(jobs, job)
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    chunks = _chunks(job, settings.model_name, head, events, jobs, include_usage)
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _first_output(events: Iterator[Event | None], jobs: JobStore, job: Job) -> Event:
+    for event in events:
+        if event is not None and event[1] in ("token", "tool_call", "done"):
+            return event
+    jobs.request_cancel(job.id)
+    raise ApiError(504, "the model did not answer in time", code="timeout")
+
+
+def _timed_out(jobs: JobStore, job: Job) -> JSONResponse:
+    jobs.request_cancel(job.id)
+    return error_response(504, "the model did not finish in time; the job was cancelled", code="timeout")
+
+
+def _final_response(done: dict[str, Any], job: Job, jobs: JobStore) -> Any:
+    if done["status"] == "succeeded":
+        return done["result"]
+    error = done.get("error") or {}
+    if done["status"] == "failed" and error.get("user_error"):
+        code = "context_length_exceeded" if error.get("type") == "PromptTooLongError" else "invalid_request"
+        return error_response(400, error.get("message", "invalid request"), code=code)
+    if done["status"] == "cancelled":
+        return error_response(409, f"the job {job.id} was cancelled", code="cancelled")
+    return error_response(500, f"the worker failed: {error.get('type')}: {error.get('message')}", code="worker_error")
+
+
+def _chunk(job: Job, model: str, delta: dict[str, Any], finish: str | None = None, usage: dict | None = None) -> str:
+    choices = [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    body = {"id": "chatcmpl-" + job.id, "object": "chat.completion.chunk", "created": int(job.created_at),
+            "model": model, "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return sse(None, None, body)
+
+
+def _chunks(job: Job, model: str, head: Event, events: Iterator[Event | None], jobs: JobStore,
+            include_usage: bool) -> Iterator[str]:
+    finished = False
+    calls = 0
+    try:
+        yield _chunk(job, model, {"role": "assistant", "content": ""})
+        for event in _prepend(head, events):
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
+            _id, kind, data = event
+            if kind == "token":
+                yield _chunk(job, model, {"content": data["text"]})
+            elif kind == "tool_call":
+                yield _chunk(job, model, {"tool_calls": [{"index": calls, **data}]})
+                calls += 1
+            elif kind == "done":
+                finished = True
+                if data["status"] != "succeeded":
+                    message = (data.get("error") or {}).get("message") or f"job {data['status']}"
+                    yield sse(None, None, {"error": {"message": message, "type": "server_error"}})
+                else:
+                    result = data["result"]
+                    yield _chunk(job, model, {}, finish=result["choices"][0]["finish_reason"])
+                    if include_usage:
+                        yield _chunk(job, model, {}, usage=result["usage"])
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:
+            jobs.request_cancel(job.id)  # the client left, or the wait ran out
+
+
+def _prepend(head: Event, events: Iterator[Event | None]) -> Iterator[Event | None]:
+    yield head
+    yield from events

@@ -1,0 +1,119 @@
+"""What one worker process holds (model, document store, Redis) and what one running job sees.
+
+`get_runtime()` is a per-process singleton: the model is loaded once per process, on first use
+or by the warm-up thread started right after the fork. The document store is reopened when
+another process changed it (a version counter in Redis), so a GPU worker sees documents the
+CPU worker ingested a moment ago.
+
+`JobContext` is what a task hands to the domain functions: `should_stop` (the cooperative cancel
+flag, polled by a heartbeat thread so the decode loop only reads an Event), `on_text` (token
+events), `progress`, `emit`. The same thread refreshes the job's lease; if the process dies the
+lease runs out and the reaper fails the job unless Celery redelivered it first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+from workers.contracts import Job, JobStore, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.jobs = JobStore.connect(settings)
+        self._engine: Any = None
+        self._store: Any = None
+        self._store_version = -1
+        self._lock = threading.Lock()
+
+    def engine(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                module_name, _, function = self.settings.engine_factory.partition(":")
+                factory = getattr(importlib.import_module(module_name), function)
+                started = time.perf_counter()
+                self._engine = factory(self.settings.model_path, dtype=self.settings.dtype, device=self.settings.device)
+                log.info("engine loaded in %.1f s", time.perf_counter() - started)
+            return self._engine
+
+    def store(self) -> Any:
+        version = self.jobs.store_version()
+        with self._lock:
+            if self._store is None or version != self._store_version:
+                from retrieval import DocumentStore
+
+                self._store = DocumentStore(self.settings.data_dir / "store")
+                self._store_version = version
+            return self._store
+
+    def store_changed(self) -> None:
+        """Call after writing to the store, so the other processes reopen it."""
+        self._store_version = self.jobs.bump_store_version()
+
+    def warm_up(self) -> None:
+        try:
+            self.engine()
+        except Exception:
+            log.exception("warm-up failed; the first job will try again")
+
+
+@lru_cache(maxsize=1)
+def get_runtime() -> Runtime:
+    return Runtime(get_settings())
+
+
+class JobContext:
+    """The running job as the domain code sees it: cancel flag, events, progress."""
+
+    def __init__(self, jobs: JobStore, job: Job):
+        self.jobs = jobs
+        self.job = job
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
+
+    def __enter__(self) -> JobContext:
+        if self.jobs.cancel_requested(self.job.id):
+            self._stop.set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def emit(self, event_type: str, data: Any) -> None:
+        self.jobs.emit(self.job.id, event_type, data)
+
+    def on_text(self, piece: str, index: int = 0) -> None:
+        if piece:
+            self.emit("token", {"text": piece, "index": index})
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        fraction = max(0.0, min(1.0, fraction))
+        self.jobs.update(self.job.id, progress=fraction, progress_message=message)
+        self.emit("progress", {"progress": fraction, "message": message})
+
+    def _beat(self) -> None:
+        settings = self.jobs.settings
+        last_beat = 0.0
+        while not self._done.wait(settings.cancel_poll_s):
+            try:
+                if self.jobs.cancel_requested(self.job.id):
+                    self._stop.set()
+                if time.monotonic() - last_beat >= settings.heartbeat_s:
+                    self.jobs.heartbeat(self.job.id)
+                    last_beat = time.monotonic()
+            except Exception as exc:  # Redis away for a moment: the lease has slack
+                log.warning("heartbeat of %s: %s", self.job.id, exc)

@@ -1,0 +1,170 @@
+"""The Celery tasks: thin, like web views. Each takes a job id, claims the job, calls one domain
+function with the job's request and stores the outcome in the job record.
+
+The message carries only the job id; the request lives in the job record, so a redelivered
+message runs the same job again (a job claimed too often is failed instead: no loops), and a
+job that is already final (cancelled while queued, reaped) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workers.celery_app import app, worker_name
+from workers.contracts import (
+    TASK_NAMES,
+    AgentRequest,
+    DeleteDocumentRequest,
+    DocumentRecord,
+    IngestRequest,
+    JobError,
+    JobKind,
+    JobStatus,
+    QARequest,
+    SummarizeRequest,
+)
+from workers.runtime import JobContext, Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Runtime, JobContext, Any], Any]
+
+
+def run_job(job_id: str, handler: Handler) -> dict[str, str]:
+    runtime = get_runtime()
+    jobs = runtime.jobs
+    status = jobs.claim(job_id, worker_name())
+    if status != "running":
+        log.info("job %s not run: %s", job_id, status)
+        return {"job": job_id, "status": status}
+    job = jobs.get(job_id)
+    with JobContext(jobs, job) as ctx:
+        try:
+            result = handler(runtime, ctx, jobs.request_of(job))
+        except SoftTimeLimitExceeded:
+            error = JobError(type="TimeLimitExceeded", message="the job ran past its time limit")
+            jobs.finish(job_id, JobStatus.failed, error=error)
+        except Exception as exc:
+            user_error = bool(getattr(exc, "user_error", False))
+            if not user_error:
+                log.exception("job %s failed", job_id)
+            error = JobError(type=type(exc).__name__, message=str(exc) or type(exc).__name__, user_error=user_error)
+            jobs.finish(job_id, JobStatus.failed, error=error)
+        else:
+            final = JobStatus.cancelled if ctx.should_stop() else JobStatus.succeeded
+            jobs.finish(job_id, final, result=result)
+    return {"job": job_id, "status": jobs.get(job_id).status.value}
+
+
+# ---- handlers: one domain call each ----
+
+
+def ingest(runtime: Runtime, ctx: JobContext, request: IngestRequest) -> dict[str, Any]:
+    path = runtime.settings.data_dir / request.path
+    ctx.progress(0.1, f"reading {request.filename}")
+    info = runtime.store().add_file(path, collection=request.collection)
+    runtime.store_changed()
+    record = DocumentRecord(
+        id=info.id,
+        source=request.filename,
+        filename=request.filename,
+        collection=request.collection,
+        sha256=request.sha256,
+        size=request.size,
+        chars=getattr(info, "chars", None),
+        chunks=getattr(info, "chunks", None),
+        pages=getattr(info, "pages", None),
+        created_at=ctx.job.created_at,
+    )
+    runtime.jobs.put_document(record)
+    return {"document": record.model_dump(mode="json")}
+
+
+def delete_document(runtime: Runtime, ctx: JobContext, request: DeleteDocumentRequest) -> dict[str, Any]:
+    runtime.store().delete(request.document_id)
+    runtime.store_changed()
+    runtime.jobs.remove_document(request.document_id)
+    return {"deleted": request.document_id}
+
+
+def qa(runtime: Runtime, ctx: JobContext, request: QARequest) -> dict[str, Any]:
+    from agent.qa import answer_question
+
+    answer = answer_question(
+        runtime.engine(),
+        runtime.store(),
+        request.question,
+        collection=request.collection,
+        document_ids=request.document_ids,
+        mode=request.mode,
+        max_new_tokens=request.max_new_tokens,
+        top_k=request.top_k,
+        on_text=ctx.on_text,
+        should_stop=ctx.should_stop,
+    )
+    return answer.as_dict()
+
+
+def agent_job(runtime: Runtime, ctx: JobContext, request: AgentRequest) -> dict[str, Any]:
+    from workers.agent_job import run_agent_job
+
+    return run_agent_job(runtime, ctx, request)
+
+
+def summarize(runtime: Runtime, ctx: JobContext, request: SummarizeRequest) -> dict[str, Any]:
+    from agent.summarize import summarize_documents
+
+    jobs = runtime.jobs
+    total = len(request.document_ids)
+
+    def on_document(document_id: str, summary: dict[str, Any]) -> None:
+        jobs.save_part(ctx.job.id, document_id, summary)
+        ctx.emit("document", {"document": document_id, **summary})
+        done = len(jobs.parts(ctx.job.id))
+        ctx.progress(done / total, f"{done} of {total} documents summarized")
+
+    finished = jobs.parts(ctx.job.id)
+    summaries = summarize_documents(
+        runtime.engine(),
+        runtime.store(),
+        request.document_ids,
+        finished=finished,
+        on_document=on_document,
+        max_new_tokens=request.max_new_tokens,
+        instructions=request.instructions,
+        on_text=ctx.on_text,
+        should_stop=ctx.should_stop,
+    )
+    return {"documents": summaries, "resumed": sorted(finished)}
+
+
+def chat(runtime: Runtime, ctx: JobContext, request: Any) -> dict[str, Any]:
+    from workers.chat import complete_chat
+
+    return complete_chat(runtime.engine(), request, ctx, model_name=runtime.settings.model_name)
+
+
+HANDLERS: dict[JobKind, Handler] = {
+    JobKind.ingest: ingest,
+    JobKind.delete_document: delete_document,
+    JobKind.qa: qa,
+    JobKind.agent: agent_job,
+    JobKind.summarize: summarize,
+    JobKind.chat: chat,
+}
+
+
+def _register(kind: JobKind) -> None:
+    handler = HANDLERS[kind]
+
+    @app.task(name=TASK_NAMES[kind])
+    def task(job_id: str) -> dict[str, str]:
+        return run_job(job_id, handler)
+
+
+for _kind in JobKind:
+    _register(_kind)
