@@ -14,7 +14,15 @@ from fastapi.responses import StreamingResponse
 from api.deps import IdempotencyKey, JobsDep, Principal, job_view, submit
 from api.errors import ApiError
 from api.events import follow, sse
-from workers.contracts import AgentRequest, Job, JobKind, JobStatus, JobStore, QARequest, SummarizeRequest
+from workers.contracts import (
+    AgentRequest,
+    Job,
+    JobKind,
+    JobStatus,
+    JobStore,
+    QARequest,
+    SummarizeRequest,
+)
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=100)]
