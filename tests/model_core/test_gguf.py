@@ -183,3 +183,13 @@ def test_default_model_path_says_how_to_install(monkeypatch):
     ) as excinfo:
         default_model_path()
     assert excinfo.value.user_error is True
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_streaming_the_ids_gives_the_decoded_text(ours, text):
+    _, _, tokenizer = ours
+    ids = tokenizer.encode(text)
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder.push(token) for token in ids] + [decoder.flush()]
+    assert "".join(pieces) == tokenizer.decode(ids)
+    assert not any("\ufffd" in piece for piece in pieces)
