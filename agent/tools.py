@@ -21,6 +21,7 @@ import json
 import re
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,11 +87,16 @@ def tool_from_function(
     """A tool from a typed function; Google-style ``Args:`` lines describe the parameters."""
     doc = inspect.getdoc(fn) or ""
     summary, arg_docs = _split_docstring(doc)
+    tool_name = name or fn.__name__
+    try:  # resolves string annotations (``from __future__ import annotations``)
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise ToolDefinitionError(f"cannot read the type hints of {tool_name}: {exc}") from exc
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        annotation = param.annotation if param.annotation is not param.empty else str
+        annotation = hints.get(param.name, str)
         default = param.default if param.default is not param.empty else ...
         fields[param.name] = (
             annotation,
