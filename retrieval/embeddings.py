@@ -62,9 +62,9 @@ class Embedder:
         except (OSError, ValueError) as exc:
             raise StoreConfigError(f"cannot load embedding model {model!r}: {exc}") from exc
         self.batch_size = batch_size
-        get_dimension = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
-        )
+        get_dimension = getattr(self.model, "get_embedding_dimension", None)
+        if get_dimension is None:  # sentence-transformers < 5
+            get_dimension = self.model.get_sentence_embedding_dimension
         self.dimension = int(get_dimension())
         self.max_tokens = int(self.model.max_seq_length or 512) - 2  # [CLS] and [SEP]
         self._tokenizer = _counting_tokenizer(self.model.tokenizer)
