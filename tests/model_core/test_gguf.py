@@ -11,6 +11,7 @@ import torch
 from model_core.errors import CheckpointError, UnsupportedArchitectureError
 from model_core.gguf import gguf_config, load_gguf, unpermute_rows
 from model_core.paths import DefaultModelMissingError, default_model_path
+from tests.model_core.fixtures.tokenizer_checks import assert_same_ids_and_text, stream_pieces
 
 transformers = pytest.importorskip("transformers")
 
@@ -84,11 +85,7 @@ def test_dtype_is_applied(model_file):
 @pytest.mark.parametrize("text", TEXTS)
 def test_tokenizer_matches_transformers(ours, reference_tokenizer, text):
     _, _, tokenizer = ours
-    ids = tokenizer.encode(text)
-    assert ids == reference_tokenizer.encode(text, add_special_tokens=False)
-    assert tokenizer.encode(text, add_special_tokens=True) == reference_tokenizer.encode(text)
-    assert tokenizer.decode(ids) == reference_tokenizer.decode(ids, skip_special_tokens=True)
-    assert tokenizer.decode(ids, skip_special_tokens=False) == reference_tokenizer.decode(ids)
+    assert_same_ids_and_text(tokenizer, reference_tokenizer, text)
 
 
 def test_tokenizer_special_ids(ours, reference_tokenizer):
@@ -189,7 +186,6 @@ def test_default_model_path_says_how_to_install(monkeypatch):
 def test_streaming_the_ids_gives_the_decoded_text(ours, text):
     _, _, tokenizer = ours
     ids = tokenizer.encode(text)
-    decoder = tokenizer.stream_decoder()
-    pieces = [decoder.push(token) for token in ids] + [decoder.flush()]
+    pieces = stream_pieces(tokenizer, ids)
     assert "".join(pieces) == tokenizer.decode(ids)
     assert not any("\ufffd" in piece for piece in pieces)

@@ -12,7 +12,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from model_core.errors import ChatTemplateError, CheckpointError
-from model_core.tokenizer import StreamDecoder, Tokenizer
+from model_core.tokenizer import Tokenizer
+from tests.model_core.fixtures.tokenizer_checks import assert_same_ids_and_text, stream_pieces
 
 transformers = pytest.importorskip("transformers")
 
@@ -111,11 +112,7 @@ def folder_with_template(tmp_path: Path, template: str) -> Path:
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_ids_and_text_equal_transformers(qwen25, qwen25_reference, text):
-    ids = qwen25.encode(text)
-    assert ids == qwen25_reference.encode(text, add_special_tokens=False)
-    assert qwen25.encode(text, add_special_tokens=True) == qwen25_reference.encode(text)
-    assert qwen25.decode(ids) == qwen25_reference.decode(ids, skip_special_tokens=True)
-    assert qwen25.decode(ids, skip_special_tokens=False) == qwen25_reference.decode(ids)
+    assert_same_ids_and_text(qwen25, qwen25_reference, text)
 
 
 def test_special_tokens_and_stop_ids(qwen25, qwen25_reference):
@@ -234,19 +231,13 @@ def test_missing_files_and_templates_are_clear(tmp_path):
         no_template.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
-def stream(tokenizer: Tokenizer, ids: list[int], **options) -> list[str]:
-    decoder = StreamDecoder(tokenizer, **options)
-    pieces = [decoder.push(token) for token in ids]
-    return [*pieces, decoder.flush()]
-
-
 @pytest.mark.parametrize("text", TEXTS)
 def test_streamed_pieces_join_to_the_decoded_text(qwen25, text):
     ids = qwen25.encode(text)
-    pieces = stream(qwen25, ids)
+    pieces = stream_pieces(qwen25, ids)
     assert "".join(pieces) == qwen25.decode(ids)
     assert not any("\ufffd" in piece for piece in pieces)  # never half a character
-    special = stream(qwen25, ids, skip_special_tokens=False)
+    special = stream_pieces(qwen25, ids, skip_special_tokens=False)
     assert "".join(special) == qwen25.decode(ids, skip_special_tokens=False)
 
 
@@ -260,7 +251,7 @@ def test_stream_holds_back_a_character_split_across_tokens(qwen25):
 
 def test_stream_flush_gives_what_an_unfinished_character_decodes_to(qwen25):
     ids = qwen25.encode("ok 🦀")[:-1]  # generation stopped mid-character
-    pieces = stream(qwen25, ids)
+    pieces = stream_pieces(qwen25, ids)
     assert "".join(pieces) == qwen25.decode(ids)
     assert pieces[-1].endswith("\ufffd")
 
@@ -276,4 +267,4 @@ def test_stream_keeps_sentencepiece_spaces():
     )
     tokenizer = Tokenizer(backend)
     ids = tokenizer.encode("where was the tower")
-    assert "".join(stream(tokenizer, ids)) == tokenizer.decode(ids) == "where was the tower"
+    assert "".join(stream_pieces(tokenizer, ids)) == tokenizer.decode(ids) == "where was the tower"
