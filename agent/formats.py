@@ -29,7 +29,12 @@ import jinja2
 
 from agent.parser import FN_ARGS, FN_EXIT, FN_NAME, FN_RESULT
 
-HERMES_SYSTEM = jinja2.Template(
+_JINJA = jinja2.Environment(keep_trailing_newline=False)
+_JINJA.filters["tojson"] = lambda value: json.dumps(
+    value, ensure_ascii=False
+)  # as Qwen's templates
+
+HERMES_SYSTEM = _JINJA.from_string(
     """{{ system }}
 
 # Tools
@@ -48,7 +53,7 @@ For each function call, return a json object with function name and arguments wi
 </tool_call>"""
 )
 
-QWEN_SYSTEM = jinja2.Template(
+QWEN_SYSTEM = _JINJA.from_string(
     """{{ system }}
 
 # Tools
