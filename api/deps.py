@@ -18,7 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from api.errors import ApiError
-from workers.contracts import Job, JobKind, JobStore, Settings, dispatch
+from workers.contracts import Job, JobKind, Settings
+from workers.jobstore import JobStore, dispatch
 
 
 def get_settings(request: Request) -> Settings:
@@ -32,7 +33,9 @@ def get_jobs(request: Request) -> JobStore:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key, when the server has keys configured")
+_bearer = HTTPBearer(
+    auto_error=False, description="An API key, when the server has keys configured"
+)
 
 
 def get_principal(
@@ -44,15 +47,23 @@ def get_principal(
     if not keys:
         return "ip-" + (request.client.host if request.client else "unknown")
     if credentials is None:
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     given = credentials.credentials.encode()
     if not any(hmac.compare_digest(given, key.encode()) for key in keys):
-        raise ApiError(401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
     return "key-" + hashlib.sha256(given).hexdigest()[:16]
 
 
-def rate_limit(principal: Annotated[str, Depends(get_principal)], settings: SettingsDep, jobs: JobsDep) -> str:
+def rate_limit(
+    principal: Annotated[str, Depends(get_principal)], settings: SettingsDep, jobs: JobsDep
+) -> str:
     limit = settings.rate_limit_per_minute
     if limit > 0:
         window = int(time.time() // 60)
@@ -63,20 +74,33 @@ def rate_limit(principal: Annotated[str, Depends(get_principal)], settings: Sett
         count = pipe.execute()[0]
         if count > limit:
             retry = str(60 - int(time.time()) % 60)
-            raise ApiError(429, f"rate limit of {limit} requests per minute reached", code="rate_limited",
-                           headers={"Retry-After": retry})
+            raise ApiError(
+                429,
+                f"rate limit of {limit} requests per minute reached",
+                code="rate_limited",
+                headers={"Retry-After": retry},
+            )
     return principal
 
 
 Principal = Annotated[str, Depends(rate_limit)]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=255, description="Retrying with the same key returns the same job"),
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retrying with the same key returns the same job",
+    ),
 ]
 
 
 def submit(
-    request: Request, response: Response, kind: JobKind, body: BaseModel, principal: str, idempotency_key: str | None
+    request: Request,
+    response: Response,
+    kind: JobKind,
+    body: BaseModel,
+    principal: str,
+    idempotency_key: str | None,
 ) -> Job:
     """Record a job and send its message; a repeated Idempotency-Key returns the first job.
 

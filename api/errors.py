@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workers.contracts import IdempotencyConflict, JobNotFound
+from workers.jobstore import IdempotencyConflict, JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,24 @@ _TYPES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers
 
 
-def error_response(status: int, message: str, *, code: str | None = None, headers: dict | None = None, **extra) -> JSONResponse:
-    body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code, **extra}}
+def error_response(
+    status: int, message: str, *, code: str | None = None, headers: dict | None = None, **extra
+) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "code": code,
+            **extra,
+        }
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -52,23 +63,33 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
         details = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ]
         if any(d["type"] == "json_invalid" for d in details):
             return error_response(400, "the request body is not valid JSON", code="json_invalid")
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p != "body") or "request"
-        return error_response(422, f"{where}: {first['msg']}", code="validation_error", details=details)
+        return error_response(
+            422, f"{where}: {first['msg']}", code="validation_error", details=details
+        )
 
     @app.exception_handler(JobNotFound)
     async def _no_job(_: Request, exc: JobNotFound):
-        return error_response(404, f"no job with id {exc} (unknown or expired)", code="job_not_found")
+        return error_response(
+            404, f"no job with id {exc} (unknown or expired)", code="job_not_found"
+        )
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_: Request, exc: IdempotencyConflict):
@@ -77,8 +98,16 @@ def install(app: FastAPI) -> None:
     async def _unavailable(_: Request, exc: Exception):
         log.warning("Redis unavailable: %s", exc)
         return error_response(
-            503, f"the job store (Redis) is unavailable: {exc}", code="redis_unavailable", headers={"Retry-After": "2"}
+            503,
+            f"the job store (Redis) is unavailable: {exc}",
+            code="redis_unavailable",
+            headers={"Retry-After": "2"},
         )
 
-    for cls in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError, OperationalError):
+    for cls in (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.BusyLoadingError,
+        OperationalError,
+    ):
         app.add_exception_handler(cls, _unavailable)

@@ -7,13 +7,20 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from workers.contracts import TERMINAL, JobStore
+from workers.contracts import TERMINAL
+from workers.jobstore import JobStore
 
 Event = tuple[str, str, Any]  # (stream id, type, data)
 
 
-def follow(jobs: JobStore, job_id: str, after: str = "0-0", *, block_ms: int = 5000,
-           deadline: float | None = None) -> Iterator[Event | None]:
+def follow(
+    jobs: JobStore,
+    job_id: str,
+    after: str = "0-0",
+    *,
+    block_ms: int = 5000,
+    deadline: float | None = None,
+) -> Iterator[Event | None]:
     """Yield events until the `done` event; None after each quiet `block_ms` (for keep-alives).
 
     A job that is final but whose stream lost its `done` event (trimmed, expired) still ends
@@ -25,7 +32,11 @@ def follow(jobs: JobStore, job_id: str, after: str = "0-0", *, block_ms: int = 5
             job = jobs.get(job_id)
             if job.status in TERMINAL:
                 error = job.error.model_dump() if job.error else None
-                yield after, "done", {"status": job.status.value, "result": job.result, "error": error}
+                yield (
+                    after,
+                    "done",
+                    {"status": job.status.value, "result": job.result, "error": error},
+                )
                 return
             yield None
             continue

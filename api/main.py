@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from api import errors
 from api.routes import documents, health, jobs, openai
-from workers.contracts import JobStore, Settings, celery_config, dispatch, get_settings
+from workers.contracts import Settings, celery_config, get_settings
+from workers.jobstore import JobStore, dispatch
 
 log = logging.getLogger("longctx.api")
 
@@ -27,12 +28,22 @@ log = logging.getLogger("longctx.api")
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("longctx_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry)
+        self.requests = Counter(
+            "longctx_http_requests",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "longctx_http_request_seconds", "Time to the end of the response", ["method", "route"], registry=self.registry,
+            "longctx_http_request_seconds",
+            "Time to the end of the response",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
-        self.jobs_submitted = Counter("longctx_jobs_submitted", "Jobs accepted", ["kind"], registry=self.registry)
+        self.jobs_submitted = Counter(
+            "longctx_jobs_submitted", "Jobs accepted", ["kind"], registry=self.registry
+        )
 
 
 class MetricsAndLimits:
@@ -45,9 +56,15 @@ class MetricsAndLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == "/v1/documents" and scope["method"] == "POST" and self._too_large(scope):
+        if (
+            scope["path"] == "/v1/documents"
+            and scope["method"] == "POST"
+            and self._too_large(scope)
+        ):
             response = errors.error_response(
-                413, f"the request is larger than the limit of {self.settings.max_upload_bytes} bytes", code="file_too_large"
+                413,
+                f"the request is larger than the limit of {self.settings.max_upload_bytes} bytes",
+                code="file_too_large",
             )
             return await response(scope, receive, send)
         started = time.perf_counter()
@@ -64,7 +81,9 @@ class MetricsAndLimits:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(scope["method"], path, str(status["code"])).inc()
-            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(scope["method"], path).observe(
+                time.perf_counter() - started
+            )
 
     def _too_large(self, scope) -> bool:
         for name, value in scope.get("headers", []):

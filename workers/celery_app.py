@@ -20,7 +20,8 @@ import threading
 
 from celery import Celery, signals
 
-from workers.contracts import JobStore, celery_config, dispatch, get_settings
+from workers.contracts import celery_config, get_settings
+from workers.jobstore import JobStore, dispatch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def _warm_up(**_: object) -> None:
 def _start_housekeeping(sender, **_: object) -> None:
     queues = sorted(sender.app.amqp.queues.consume_from or sender.app.amqp.queues)
     stop = threading.Event()
-    thread = threading.Thread(target=_housekeeping, args=(queues, stop), name="housekeeping", daemon=True)
+    thread = threading.Thread(
+        target=_housekeeping, args=(queues, stop), name="housekeeping", daemon=True
+    )
     thread.start()
     _HOUSEKEEPING.append(stop)
 

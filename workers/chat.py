@@ -1,7 +1,8 @@
 """OpenAI chat completions on the engine: messages in, a `chat.completion` object out.
 
-Tool calls: the tools are rendered by the chat template; the reply is parsed with the agent
-layer's Hermes parser (`<tool_call>{json}</tool_call>`). While streaming, text is passed on as
+Tool calls: the agent layer's `EngineChat` renders the tools in the model's format (Hermes
+`<tool_call>{json}</tool_call>` when the chat template knows tools, Qwen-Agent's ✿FUNCTION✿
+markers otherwise) and the reply is parsed with the matching parser. While streaming, text is passed on as
 `token` events only outside tool-call blocks, and each complete call becomes a `tool_call`
 event, so a client never sees raw markup. Departure from OpenAI: the default temperature is 0
 (greedy), which makes answers repeatable; `n` must be 1; penalties are accepted and ignored.
@@ -25,7 +26,10 @@ class ChatInputError(ValueError):
     user_error = True
 
 
-def complete_chat(engine: Any, request: ChatRequest, ctx: Any, *, model_name: str) -> dict[str, Any]:
+def complete_chat(
+    engine: Any, request: ChatRequest, ctx: Any, *, model_name: str
+) -> dict[str, Any]:
+    from agent import EngineChat
     from agent.parser import StreamParser, TextDelta, ToolCall, parse
     from model_core import SamplingParams
 
@@ -38,7 +42,9 @@ def complete_chat(engine: Any, request: ChatRequest, ctx: Any, *, model_name: st
         seed=request.seed,
         stop=[request.stop] if isinstance(request.stop, str) else list(request.stop or []),
     )
-    stream = StreamParser("hermes") if tools else None
+    backend = EngineChat(engine)
+    tool_format = backend.tool_format.parser
+    stream = StreamParser(tool_format) if tools else None
 
     def on_text(*args: Any) -> None:  # (text) or (prompt index, text)
         piece = args[-1]
@@ -51,17 +57,21 @@ def complete_chat(engine: Any, request: ChatRequest, ctx: Any, *, model_name: st
             elif isinstance(event, ToolCall) and event.valid:
                 ctx.emit("tool_call", _openai_call(event))
 
-    generation = engine.chat(messages, tools=tools, params=params, on_text=on_text, should_stop=ctx.should_stop)
+    generation = backend.complete(
+        messages, tools or [], params, on_text=on_text, should_stop=ctx.should_stop
+    )
     content: str | None = generation.text
     calls: list[dict[str, Any]] = []
     if tools:
-        parsed = parse(generation.text)
+        parsed = parse(generation.text, tool_format)
         content = parsed.content or None
         calls = [_openai_call(call) for call in parsed.valid_calls]
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = calls
-    finish = "tool_calls" if calls else ("length" if generation.finish_reason == "length" else "stop")
+    finish = (
+        "tool_calls" if calls else ("length" if generation.finish_reason == "length" else "stop")
+    )
     completion_tokens = len(generation.token_ids)
     return {
         "id": "chatcmpl-" + ctx.job.id,
@@ -125,4 +135,8 @@ def _template_call(call: Any) -> dict[str, Any]:
             arguments = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as exc:
             raise ChatInputError(f"tool call arguments are not JSON: {exc}") from None
-    return {"type": "function", "id": call.get("id"), "function": {"name": function.get("name"), "arguments": arguments}}
+    return {
+        "type": "function",
+        "id": call.get("id"),
+        "function": {"name": function.get("name"), "arguments": arguments},
+    }

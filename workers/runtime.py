@@ -1,9 +1,9 @@
 """What one worker process holds (model, document store, Redis) and what one running job sees.
 
 `get_runtime()` is a per-process singleton: the model is loaded once per process, on first use
-or by the warm-up thread started right after the fork. The document store is reopened when
-another process changed it (a version counter in Redis), so a GPU worker sees documents the
-CPU worker ingested a moment ago.
+or by the warm-up thread started right after the fork. The document store (SQLite + FAISS on
+disk, one writer at a time) reloads its indexes when another process wrote them, so a GPU
+worker sees documents the CPU worker ingested a moment ago.
 
 `JobContext` is what a task hands to the domain functions: `should_stop` (the cooperative cancel
 flag, polled by a heartbeat thread so the decode loop only reads an Event), `on_text` (token
@@ -20,7 +20,8 @@ import time
 from functools import lru_cache
 from typing import Any
 
-from workers.contracts import Job, JobStore, Settings, get_settings
+from workers.contracts import Job, Settings, get_settings
+from workers.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ class Runtime:
         self.jobs = JobStore.connect(settings)
         self._engine: Any = None
         self._store: Any = None
-        self._store_version = -1
         self._lock = threading.Lock()
 
     def engine(self) -> Any:
@@ -40,23 +40,20 @@ class Runtime:
                 module_name, _, function = self.settings.engine_factory.partition(":")
                 factory = getattr(importlib.import_module(module_name), function)
                 started = time.perf_counter()
-                self._engine = factory(self.settings.model_path, dtype=self.settings.dtype, device=self.settings.device)
+                self._engine = factory(
+                    self.settings.model_path, dtype=self.settings.dtype, device=self.settings.device
+                )
                 log.info("engine loaded in %.1f s", time.perf_counter() - started)
             return self._engine
 
     def store(self) -> Any:
-        version = self.jobs.store_version()
+        """The document store; it reloads its indexes itself when another process wrote them."""
         with self._lock:
-            if self._store is None or version != self._store_version:
+            if self._store is None:
                 from retrieval import DocumentStore
 
                 self._store = DocumentStore(self.settings.data_dir / "store")
-                self._store_version = version
             return self._store
-
-    def store_changed(self) -> None:
-        """Call after writing to the store, so the other processes reopen it."""
-        self._store_version = self.jobs.bump_store_version()
 
     def warm_up(self) -> None:
         try:

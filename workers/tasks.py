@@ -52,7 +52,11 @@ def run_job(job_id: str, handler: Handler) -> dict[str, str]:
             user_error = bool(getattr(exc, "user_error", False))
             if not user_error:
                 log.exception("job %s failed", job_id)
-            error = JobError(type=type(exc).__name__, message=str(exc) or type(exc).__name__, user_error=user_error)
+            error = JobError(
+                type=type(exc).__name__,
+                message=str(exc) or type(exc).__name__,
+                user_error=user_error,
+            )
             jobs.finish(job_id, JobStatus.failed, error=error)
         else:
             final = JobStatus.cancelled if ctx.should_stop() else JobStatus.succeeded
@@ -64,10 +68,10 @@ def run_job(job_id: str, handler: Handler) -> dict[str, str]:
 
 
 def ingest(runtime: Runtime, ctx: JobContext, request: IngestRequest) -> dict[str, Any]:
-    path = runtime.settings.data_dir / request.path
+    data = (runtime.settings.data_dir / request.path).read_bytes()
     ctx.progress(0.1, f"reading {request.filename}")
-    info = runtime.store().add_file(path, collection=request.collection)
-    runtime.store_changed()
+    metadata = {"sha256": request.sha256, "upload": request.path}
+    info = runtime.store().add_bytes(data, request.filename, request.collection, metadata)
     record = DocumentRecord(
         id=info.id,
         source=request.filename,
@@ -75,18 +79,26 @@ def ingest(runtime: Runtime, ctx: JobContext, request: IngestRequest) -> dict[st
         collection=request.collection,
         sha256=request.sha256,
         size=request.size,
-        chars=getattr(info, "chars", None),
-        chunks=getattr(info, "chunks", None),
-        pages=getattr(info, "pages", None),
+        kind=info.kind,
+        title=info.title,
+        chars=info.n_chars,
+        chunks=info.n_chunks,
+        pages=info.n_pages,
         created_at=ctx.job.created_at,
     )
     runtime.jobs.put_document(record)
     return {"document": record.model_dump(mode="json")}
 
 
-def delete_document(runtime: Runtime, ctx: JobContext, request: DeleteDocumentRequest) -> dict[str, Any]:
-    runtime.store().delete(request.document_id)
-    runtime.store_changed()
+def delete_document(
+    runtime: Runtime, ctx: JobContext, request: DeleteDocumentRequest
+) -> dict[str, Any]:
+    from retrieval.errors import UnknownDocumentError
+
+    try:
+        runtime.store().delete(request.document_id)
+    except UnknownDocumentError:
+        pass  # gone already (a redelivered delete): removing the record is all that is left
     runtime.jobs.remove_document(request.document_id)
     return {"deleted": request.document_id}
 
@@ -110,9 +122,32 @@ def qa(runtime: Runtime, ctx: JobContext, request: QARequest) -> dict[str, Any]:
 
 
 def agent_job(runtime: Runtime, ctx: JobContext, request: AgentRequest) -> dict[str, Any]:
-    from workers.agent_job import run_agent_job
+    from dataclasses import asdict
 
-    return run_agent_job(runtime, ctx, request)
+    from agent import EngineChat, builtin_tools, run_agent
+    from model_core import SamplingParams
+
+    params = SamplingParams(max_new_tokens=request.max_new_tokens, temperature=0.0)
+    needs_store = {"search", "read"} & set(request.tools)
+    store = runtime.store() if needs_store else None
+    python = runtime.settings.enable_python_tool
+    tools = builtin_tools(store, dict.fromkeys(request.tools), python=python)
+
+    def on_step(step: Any) -> None:
+        ctx.emit("step", asdict(step))
+        ctx.progress((step.index + 1) / request.max_steps, f"step {step.index + 1}")
+
+    result = run_agent(
+        EngineChat(runtime.engine(), params=params),
+        request.task,
+        tools,
+        max_steps=request.max_steps,
+        should_stop=ctx.should_stop,
+        on_step=on_step,
+        on_text=ctx.on_text,
+        params=params,
+    )
+    return result.to_dict()
 
 
 def summarize(runtime: Runtime, ctx: JobContext, request: SummarizeRequest) -> dict[str, Any]:
@@ -136,6 +171,7 @@ def summarize(runtime: Runtime, ctx: JobContext, request: SummarizeRequest) -> d
         on_document=on_document,
         max_new_tokens=request.max_new_tokens,
         instructions=request.instructions,
+        max_input_tokens=request.max_input_tokens,
         on_text=ctx.on_text,
         should_stop=ctx.should_stop,
     )

@@ -24,7 +24,14 @@ from api.errors import ApiError
 from workers.contracts import DeleteDocumentRequest, DocumentRecord, IngestRequest, Job, JobKind
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
-SUFFIXES = {".txt": "text", ".md": "text", ".markdown": "text", ".html": "text", ".htm": "text", ".pdf": "pdf"}
+SUFFIXES = {
+    ".txt": "text",
+    ".md": "text",
+    ".markdown": "text",
+    ".html": "text",
+    ".htm": "text",
+    ".pdf": "pdf",
+}
 _CHUNK = 1 << 20
 
 
@@ -45,7 +52,9 @@ def read_limited(upload: UploadFile, limit: int) -> bytes:
     while chunk := upload.file.read(_CHUNK):
         data += chunk
         if len(data) > limit:
-            raise ApiError(413, f"the file is larger than the limit of {limit} bytes", code="file_too_large")
+            raise ApiError(
+                413, f"the file is larger than the limit of {limit} bytes", code="file_too_large"
+            )
     return bytes(data)
 
 
@@ -58,7 +67,11 @@ def check_content(data: bytes, suffix: str) -> None:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(400, f"a {suffix} file must be UTF-8 text (byte {exc.start} is not)", code="bad_encoding") from None
+        raise ApiError(
+            400,
+            f"a {suffix} file must be UTF-8 text (byte {exc.start} is not)",
+            code="bad_encoding",
+        ) from None
 
 
 def check_pdf(data: bytes) -> None:
@@ -95,27 +108,41 @@ def upload_document(
     principal: Principal,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="txt, md, html or pdf")],
-    collection: Annotated[str, Form(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] = "default",
+    collection: Annotated[
+        str, Form(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    ] = "default",
     key: IdempotencyKey = None,
 ) -> Any:
     """Upload a document; the returned ingest job's result names the new document."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
-        raise ApiError(413, f"the request is larger than the limit of {settings.max_upload_bytes} bytes", code="file_too_large")
+        raise ApiError(
+            413,
+            f"the request is larger than the limit of {settings.max_upload_bytes} bytes",
+            code="file_too_large",
+        )
     filename = clean_filename(file.filename)
     suffix = os.path.splitext(filename)[1]
     if suffix not in SUFFIXES:
-        raise ApiError(415, f"unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}", code="unsupported_type")
+        raise ApiError(
+            415,
+            f"unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}",
+            code="unsupported_type",
+        )
     data = read_limited(file, settings.max_upload_bytes)
     check_content(data, suffix)
     digest = hashlib.sha256(data).hexdigest()
     path = store_upload(settings.data_dir, digest, filename, data)
-    body = IngestRequest(path=path, filename=filename, collection=collection, sha256=digest, size=len(data))
+    body = IngestRequest(
+        path=path, filename=filename, collection=collection, sha256=digest, size=len(data)
+    )
     return job_view(submit(request, response, JobKind.ingest, body, principal, key))
 
 
 @router.get("", response_model=DocumentList)
-def list_documents(jobs: JobsDep, _: Principal, collection: Annotated[str | None, Query(max_length=100)] = None) -> Any:
+def list_documents(
+    jobs: JobsDep, _: Principal, collection: Annotated[str | None, Query(max_length=100)] = None
+) -> Any:
     return {"object": "list", "data": jobs.list_documents(collection)}
 
 
@@ -128,8 +155,24 @@ def get_document(document_id: str, jobs: JobsDep, _: Principal) -> Any:
 
 
 @router.delete("/{document_id}", status_code=202, response_model=Job)
-def delete_document(document_id: str, request: Request, response: Response, jobs: JobsDep, principal: Principal, key: IdempotencyKey = None) -> Any:
+def delete_document(
+    document_id: str,
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    principal: Principal,
+    key: IdempotencyKey = None,
+) -> Any:
     """Delete a document from the index (a CPU job; the listing drops it when the job ends)."""
     if jobs.get_document(document_id) is None:
         raise ApiError(404, f"no document with id {document_id!r}", code="document_not_found")
-    return job_view(submit(request, response, JobKind.delete_document, DeleteDocumentRequest(document_id=document_id), principal, key))
+    return job_view(
+        submit(
+            request,
+            response,
+            JobKind.delete_document,
+            DeleteDocumentRequest(document_id=document_id),
+            principal,
+            key,
+        )
+    )

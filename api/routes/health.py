@@ -25,13 +25,22 @@ def readyz(jobs: JobsDep) -> Any:
         jobs.redis.ping()
         workers = jobs.live_workers()
     except Exception as exc:  # any Redis trouble means not ready
-        return JSONResponse({"status": "unavailable", "redis": str(exc), "workers": {}}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "redis": str(exc), "workers": {}}, status_code=503
+        )
     queues = sorted({q for qs in workers.values() for q in qs})
     ready = bool(workers)
-    body = {"status": "ready" if ready else "no_workers", "redis": "ok", "workers": workers, "queues": queues}
+    body = {
+        "status": "ready" if ready else "no_workers",
+        "redis": "ok",
+        "workers": workers,
+        "queues": queues,
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

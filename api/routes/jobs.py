@@ -19,10 +19,10 @@ from workers.contracts import (
     Job,
     JobKind,
     JobStatus,
-    JobStore,
     QARequest,
     SummarizeRequest,
 )
+from workers.jobstore import JobStore
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=100)]
@@ -39,20 +39,46 @@ def check_documents(jobs: JobStore, document_ids: list[str] | None, collection: 
 
 
 @router.post("/qa", status_code=202, response_model=Job)
-def create_qa(body: QARequest, request: Request, response: Response, principal: Principal, jobs: JobsDep, key: IdempotencyKey = None) -> Any:
+def create_qa(
+    body: QARequest,
+    request: Request,
+    response: Response,
+    principal: Principal,
+    jobs: JobsDep,
+    key: IdempotencyKey = None,
+) -> Any:
     """Ask a question over a collection or given documents; the answer cites numbered spans."""
     check_documents(jobs, body.document_ids, body.collection)
     return job_view(submit(request, response, JobKind.qa, body, principal, key))
 
 
 @router.post("/agent/jobs", status_code=202, response_model=Job)
-def create_agent_job(body: AgentRequest, request: Request, response: Response, principal: Principal, key: IdempotencyKey = None) -> Any:
+def create_agent_job(
+    body: AgentRequest,
+    request: Request,
+    response: Response,
+    principal: Principal,
+    key: IdempotencyKey = None,
+) -> Any:
     """Run the tool-using agent on a task; its steps stream as `step` events."""
+    if "python" in body.tools and not request.app.state.settings.enable_python_tool:
+        raise ApiError(
+            400,
+            "the python tool is off on this server (LONGCTX_ENABLE_PYTHON_TOOL)",
+            code="tool_disabled",
+        )
     return job_view(submit(request, response, JobKind.agent, body, principal, key))
 
 
 @router.post("/summaries", status_code=202, response_model=Job)
-def create_summaries(body: SummarizeRequest, request: Request, response: Response, principal: Principal, jobs: JobsDep, key: IdempotencyKey = None) -> Any:
+def create_summaries(
+    body: SummarizeRequest,
+    request: Request,
+    response: Response,
+    principal: Principal,
+    jobs: JobsDep,
+    key: IdempotencyKey = None,
+) -> Any:
     """Summarize a batch of documents (whole when they fit the window, map-reduce otherwise)."""
     check_documents(jobs, body.document_ids, None)
     return job_view(submit(request, response, JobKind.summarize, body, principal, key))
@@ -73,14 +99,22 @@ def cancel_job(job_id: JobId, jobs: JobsDep, _: Principal) -> Any:
     return job_view(jobs.request_cancel(job_id))
 
 
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+)
 def job_events(
     job_id: JobId,
     jobs: JobsDep,
     _: Principal,
-    after: Annotated[str | None, Query(max_length=40, pattern=r"^\d+-\d+$", description="resume after this event id")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40, pattern=r"^\d+-\d+$")] = None,
+    after: Annotated[
+        str | None,
+        Query(max_length=40, pattern=r"^\d+-\d+$", description="resume after this event id"),
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=40, pattern=r"^\d+-\d+$")
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events of a job (status, token, step, progress, document, done), from the start
     or after `Last-Event-ID`; the stream ends after `done`."""
@@ -90,4 +124,6 @@ def job_events(
         for event in follow(jobs, job_id, after or last_event_id or "0-0"):
             yield ": keep-alive\n\n" if event is None else sse(*event)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api.deps import IdempotencyKey, JobsDep, Principal, SettingsDep, submit
 from api.errors import ApiError, error_response
 from api.events import Event, follow, sse
-from workers.contracts import ChatRequest, Job, JobKind, JobStore, Settings
+from workers.contracts import ChatRequest, Job, JobKind, Settings
+from workers.jobstore import JobStore
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -36,24 +37,47 @@ def list_models(settings: SettingsDep, _: Principal) -> dict[str, Any]:
 @router.get("/models/{model_id}")
 def get_model(model_id: str, settings: SettingsDep, _: Principal) -> dict[str, Any]:
     if model_id != settings.model_name:
-        raise ApiError(404, f"the model {model_id!r} does not exist; this server has {settings.model_name!r}", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {model_id!r} does not exist; this server has {settings.model_name!r}",
+            code="model_not_found",
+        )
     return model_card(settings)
 
 
 def check_chat(body: ChatRequest, settings: Settings) -> None:
     if body.model != settings.model_name:
-        raise ApiError(404, f"the model {body.model!r} does not exist; this server has {settings.model_name!r}", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {body.model!r} does not exist; this server has {settings.model_name!r}",
+            code="model_not_found",
+        )
     wanted = body.max_completion_tokens or body.max_tokens or 0
     if wanted > settings.max_new_tokens_limit:
-        raise ApiError(400, f"max_tokens {wanted} is over this server's limit of {settings.max_new_tokens_limit}", code="max_tokens_too_large")
+        raise ApiError(
+            400,
+            f"max_tokens {wanted} is over this server's limit of {settings.max_new_tokens_limit}",
+            code="max_tokens_too_large",
+        )
     size = len(json.dumps(body.messages)) + len(json.dumps(body.tools or []))
     if size > settings.max_prompt_chars:
-        raise ApiError(400, f"the prompt has {size} characters, over the limit of {settings.max_prompt_chars}", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt has {size} characters, over the limit of {settings.max_prompt_chars}",
+            code="context_length_exceeded",
+        )
 
 
 @router.post("/chat/completions", response_model=None)
-def chat_completions(body: ChatRequest, request: Request, response: Response, principal: Principal,
-                     settings: SettingsDep, jobs: JobsDep, key: IdempotencyKey = None) -> Any:
+def chat_completions(
+    body: ChatRequest,
+    request: Request,
+    response: Response,
+    principal: Principal,
+    settings: SettingsDep,
+    jobs: JobsDep,
+    key: IdempotencyKey = None,
+) -> Any:
     """Chat completion in OpenAI's format; `stream: true` answers with server-sent chunks."""
     check_chat(body, settings)
     job = submit(request, response, JobKind.chat, body, principal, key)
@@ -69,7 +93,9 @@ def chat_completions(body: ChatRequest, request: Request, response: Response, pr
         return _timed_out(jobs, job)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     chunks = _chunks(job, settings.model_name, head, events, jobs, include_usage)
-    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 def _first_output(events: Iterator[Event | None], jobs: JobStore, job: Job) -> Event:
@@ -82,7 +108,9 @@ def _first_output(events: Iterator[Event | None], jobs: JobStore, job: Job) -> E
 
 def _timed_out(jobs: JobStore, job: Job) -> JSONResponse:
     jobs.request_cancel(job.id)
-    return error_response(504, "the model did not finish in time; the job was cancelled", code="timeout")
+    return error_response(
+        504, "the model did not finish in time; the job was cancelled", code="timeout"
+    )
 
 
 def _final_response(done: dict[str, Any], job: Job, jobs: JobStore) -> Any:
@@ -90,24 +118,51 @@ def _final_response(done: dict[str, Any], job: Job, jobs: JobStore) -> Any:
         return done["result"]
     error = done.get("error") or {}
     if done["status"] == "failed" and error.get("user_error"):
-        code = "context_length_exceeded" if error.get("type") == "PromptTooLongError" else "invalid_request"
+        code = (
+            "context_length_exceeded"
+            if error.get("type") == "PromptTooLongError"
+            else "invalid_request"
+        )
         return error_response(400, error.get("message", "invalid request"), code=code)
     if done["status"] == "cancelled":
         return error_response(409, f"the job {job.id} was cancelled", code="cancelled")
-    return error_response(500, f"the worker failed: {error.get('type')}: {error.get('message')}", code="worker_error")
+    return error_response(
+        500, f"the worker failed: {error.get('type')}: {error.get('message')}", code="worker_error"
+    )
 
 
-def _chunk(job: Job, model: str, delta: dict[str, Any], finish: str | None = None, usage: dict | None = None) -> str:
-    choices = [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-    body = {"id": "chatcmpl-" + job.id, "object": "chat.completion.chunk", "created": int(job.created_at),
-            "model": model, "choices": choices}
+def _chunk(
+    job: Job,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    usage: dict | None = None,
+) -> str:
+    choices = (
+        []
+        if usage is not None
+        else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    )
+    body = {
+        "id": "chatcmpl-" + job.id,
+        "object": "chat.completion.chunk",
+        "created": int(job.created_at),
+        "model": model,
+        "choices": choices,
+    }
     if usage is not None:
         body["usage"] = usage
     return sse(None, None, body)
 
 
-def _chunks(job: Job, model: str, head: Event, events: Iterator[Event | None], jobs: JobStore,
-            include_usage: bool) -> Iterator[str]:
+def _chunks(
+    job: Job,
+    model: str,
+    head: Event,
+    events: Iterator[Event | None],
+    jobs: JobStore,
+    include_usage: bool,
+) -> Iterator[str]:
     finished = False
     calls = 0
     try:
