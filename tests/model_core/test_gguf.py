@@ -11,6 +11,7 @@ import torch
 from model_core.errors import CheckpointError, UnsupportedArchitectureError
 from model_core.gguf import gguf_config, load_gguf, unpermute_rows
 from model_core.paths import DefaultModelMissingError, default_model_path
+from tests.model_core.fixtures.tiny_gguf import fixture_vocab_size, write_tiny_gguf
 from tests.model_core.fixtures.tokenizer_checks import assert_same_ids_and_text, stream_pieces
 
 transformers = pytest.importorskip("transformers")
@@ -189,3 +190,67 @@ def test_streaming_the_ids_gives_the_decoded_text(ours, text):
     pieces = stream_pieces(tokenizer, ids)
     assert "".join(pieces) == tokenizer.decode(ids)
     assert not any("\ufffd" in piece for piece in pieces)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def tiny_gguf(request, tmp_path_factory):
+    """A tiny random model written as GGUF the way llama.cpp lays it out (one tensor in Q8_0)."""
+    arch = request.param
+    torch.manual_seed(0)
+    config_class, model_class = {
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    }[arch]
+    config = config_class(
+        vocab_size=fixture_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=arch == "llama",
+    )  # fmt: skip
+    model = model_class(config).eval()
+    with torch.no_grad():  # transformers starts biases at zero; make the QKV bias observable
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.add_(torch.randn_like(param))
+    path = tmp_path_factory.mktemp(arch) / f"tiny-{arch}.gguf"
+    write_tiny_gguf(path, model, arch, quantize=("blk.0.ffn_up.weight",))
+    return arch, path, model
+
+
+def test_tiny_gguf_gives_back_the_original_tensors(tiny_gguf):
+    arch, path, model = tiny_gguf
+    config, state_dict, _ = load_gguf(path)
+    original = model.state_dict()
+    if arch == "llama":  # tied: no lm_head in the file, nor in our state dict
+        assert config["tie_word_embeddings"] is True
+        assert set(original) - set(state_dict) == {"lm_head.weight"}
+    else:
+        assert config["tie_word_embeddings"] is False
+        assert set(original) == set(state_dict)
+        assert "model.layers.1.self_attn.q_proj.bias" in state_dict
+    for name, tensor in state_dict.items():
+        tolerance = 1e-2 if name == "model.layers.0.mlp.up_proj.weight" else 0.0  # the Q8_0 one
+        diff = (tensor - original[name]).abs().max().item()
+        assert diff <= tolerance, f"{arch} {name}: max abs difference {diff}"
+
+
+def test_tiny_gguf_equals_transformers_loading(tiny_gguf):
+    arch, path, _ = tiny_gguf
+    config, state_dict, tokenizer = load_gguf(path)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    assert config["model_type"] == reference.config.model_type == arch
+    assert config["rope_theta"] == reference.config.rope_parameters["rope_theta"] == 1e6
+    expected = reference.state_dict()
+    for name, tensor in state_dict.items():
+        diff = (tensor - expected[name]).abs().max().item()
+        assert diff <= 1e-6, f"{arch} {name}: max abs difference {diff}"
+    reference_tokenizer = transformers.AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name
+    )
+    for text in TEXTS:
+        assert_same_ids_and_text(tokenizer, reference_tokenizer, text)
+    messages = [{"role": "user", "content": "When was the tower completed?"}]
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=False) == (
+        reference_tokenizer.apply_chat_template(messages, tokenize=False)
+    )
