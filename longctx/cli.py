@@ -18,6 +18,8 @@ COMMAND_MODULES = ("cmd_generate", "cmd_retrieval", "cmd_agent", "cmd_service", 
 class CliError(Exception):
     """Bad input from the command line: printed as one line, exit code 2."""
 
+    user_error = True
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="Long-context RAG and agent service on Qwen2")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, CliError) or getattr(exc, "user_error", False)
+    return bool(getattr(exc, "user_error", False))
 
 
 if __name__ == "__main__":

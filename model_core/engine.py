@@ -50,12 +50,13 @@ def prefill(model: Qwen2ForCausalLM, cache: KVCache, row: int, prompt: torch.Ten
             runtime: RuntimeOptions) -> torch.Tensor:
     """Write prompt (T,) into cache row `row` chunk by chunk; logits (V,) of its last token."""
     logits = None
+    prompt_len = torch.tensor([prompt.shape[0]], device=prompt.device)
     for start in range(0, prompt.shape[0], runtime.prefill_chunk):
         piece = prompt[start : start + runtime.prefill_chunk][None]  # (1, t)
         positions = torch.arange(start, start + piece.shape[1], device=prompt.device)[None]
         ctx = ForwardContext(positions=positions, cache=cache, rows=slice(row, row + 1),
                              backend=runtime.backend, mode=runtime.mode,
-                             mode_options=runtime.mode_options)
+                             mode_options=runtime.mode_options, seq_lens=prompt_len)
         logits = model(piece, ctx)  # (1, V)
     return logits[0]
 
@@ -117,7 +118,10 @@ class Engine:
         return len(self.tokenizer.encode(text))
 
     def stop_token_ids(self, params: SamplingParams) -> set[int]:
-        ids = set(params.stop_token_ids) | set(self.config.eos_token_ids)
+        ids = set(params.stop_token_ids)
+        if params.ignore_eos:
+            return ids
+        ids |= set(self.config.eos_token_ids)
         if self.tokenizer is not None:
             ids |= set(self.tokenizer.eos_token_ids)
         return ids

@@ -23,6 +23,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False  # generate max_new_tokens regardless of end-of-sequence (benchmarks)
 
     def validate(self) -> SamplingParams:
         if self.max_new_tokens < 1:
