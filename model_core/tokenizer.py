@@ -134,10 +134,12 @@ class Tokenizer:
         if tools is not None and not all(isinstance(tool, dict) for tool in tools):
             raise ChatTemplateError("tools must be JSON Schema dicts")
         variables = {**self.special_tokens, **extra}
+        documents = variables.pop("documents", None)  # always defined, as in transformers
         try:
             return _compile(self.chat_template).render(
                 messages=[{k: v for k, v in m.items() if v is not None} for m in messages],
                 tools=tools,
+                documents=documents,
                 add_generation_prompt=add_generation_prompt,
                 **variables,
             )

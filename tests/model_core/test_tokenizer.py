@@ -182,7 +182,7 @@ def test_template_helpers_behave_like_transformers(tmp_path):
         "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ strftime_now('%Y') }}\n"
         "{{ tools | tojson(indent=2) }}\n{{ messages | tojson }}\n{{ {'<a>': '&'} | tojson }}\n"
         "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}\n"
-        "{% generation %}kept{% endgeneration %}{{ custom_flag }}"
+        "{% generation %}kept{% endgeneration %}{{ custom_flag }}|{{ documents is defined }}"
     )
     folder = folder_with_template(tmp_path, template)
     ours = Tokenizer.from_pretrained_dir(folder)
