@@ -62,10 +62,9 @@ class Tokenizer:
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         self.chat_template = chat_template
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
-        eos = list(dict.fromkeys(int(i) for i in eos_token_ids))
-        if not eos and self.special_tokens.get("eos_token") is not None:
-            eos = [self._token_id("eos_token")]
-        self.eos_token_ids: list[int] = [i for i in eos if i is not None]
+        # generation stops at any of these; without a list, at the eos token
+        eos = eos_token_ids or [self._token_id("eos_token")]
+        self.eos_token_ids: list[int] = list(dict.fromkeys(int(i) for i in eos if i is not None))
         self.bos_token_id: int | None = self._token_id("bos_token")
         self.pad_token_id: int | None = self._token_id("pad_token")
         self.unk_token_id: int | None = self._token_id("unk_token")
