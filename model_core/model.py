@@ -27,6 +27,7 @@ from torch import nn
 
 from model_core.attention import ATTENTION
 from model_core.config import ModelConfig
+from model_core.dca import dca_attention
 from model_core.rope import apply_rope, cos_sin, rope_for
 
 
@@ -47,12 +48,12 @@ class KVCache:
     def write(self, layer: int, rows: slice, positions: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> None:
         """Store k, v (B, Hkv, T, D) for tokens at `positions` (B, T) of `rows`."""
-        if k.shape[2] == 1:  # decode: one token per row, each at its own position
+        if k.shape[2] == 1 and k.shape[0] > 1:  # batched decode: each row at its own position
             pos = positions[:, 0]
             batch_idx = torch.arange(rows.start, rows.start + k.shape[0], device=k.device)
             self.k[layer, batch_idx, :, pos] = k[:, :, 0]
             self.v[layer, batch_idx, :, pos] = v[:, :, 0]
-        else:  # prefill: a contiguous span that starts at the same position in every row
+        else:  # prefill, or one row: a contiguous span at the same position in every row
             start = int(positions[0, 0])
             self.k[layer, rows, :, start : start + k.shape[2]] = k
             self.v[layer, rows, :, start : start + k.shape[2]] = v
@@ -74,6 +75,10 @@ class ForwardContext:
     mode_options: dict[str, Any] = field(default_factory=dict)  # e.g. DCA chunk sizes
     last_only: bool = True  # logits of the last position only
     cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None  # filled by the model per forward
+    # (B,) length of the sequence each row belongs to: the whole prompt while it is prefilled in
+    # chunks; None means kv_lens (decode, one-shot forward). DCA's temperature reads it.
+    seq_lens: torch.Tensor | None = None
+    mode_state: dict[str, Any] = field(default_factory=dict)  # per-forward scratch of the mode
 
     @property
     def kv_lens(self) -> torch.Tensor:
@@ -98,7 +103,7 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Forw
 
 AttentionMode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardContext, int, "RotaryEmbedding"],
                          torch.Tensor]
-ATTENTION_MODES: dict[str, AttentionMode] = {"plain": plain_attention}
+ATTENTION_MODES: dict[str, AttentionMode] = {"plain": plain_attention, "dca": dca_attention}
 
 
 class RotaryEmbedding(nn.Module):
