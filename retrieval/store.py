@@ -439,8 +439,10 @@ class DocumentStore:
         return int(row[0]) if row else 0
 
     def _dimension(self) -> int:
+        """Vector size; 1 for a store that has never held a vector (an empty placeholder index
+        that the first write replaces), so reading an empty store never loads the model."""
         dimension = self._meta().get("dimension")
-        return int(dimension) if dimension else self.embedder.dimension
+        return int(dimension) if dimension else 1
 
     def _stored_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         rows = self._db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
