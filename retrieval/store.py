@@ -31,7 +31,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,83 +46,21 @@ from retrieval.errors import (
 )
 from retrieval.fusion import reciprocal_rank_fusion
 from retrieval.lexical import LexicalIndex
-from retrieval.loaders import DEFAULT_MAX_BYTES, ExtractedText, load_bytes, read_file_bytes
-
-SCHEMA_VERSION = "1"
-DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
-MODES = ("hybrid", "dense", "lexical")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    id TEXT PRIMARY KEY, collection TEXT NOT NULL, location TEXT NOT NULL, source TEXT NOT NULL,
-    kind TEXT NOT NULL, title TEXT, content_hash TEXT NOT NULL, chunking TEXT NOT NULL,
-    n_chars INTEGER NOT NULL, n_tokens INTEGER NOT NULL, n_chunks INTEGER NOT NULL,
-    page_starts TEXT NOT NULL, metadata TEXT NOT NULL, added_at REAL NOT NULL, text TEXT NOT NULL,
-    UNIQUE (collection, location));
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-    collection TEXT NOT NULL, ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
-    "end" INTEGER NOT NULL, page INTEGER, n_tokens INTEGER NOT NULL, text TEXT NOT NULL,
-    vector BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id);
-CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection);
-"""
-DOCUMENT_COLUMNS = (
-    "id, collection, source, kind, title, content_hash, n_chars, n_tokens, n_chunks, "
-    "page_starts, metadata, added_at"
+from retrieval.loaders import DEFAULT_MAX_BYTES, load_bytes, read_file_bytes
+from retrieval.records import (
+    DEFAULT_EMBEDDER_NAME,
+    DOCUMENT_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    DocumentInfo,
+    Hit,
+    PreparedDocument,
+    document_id,
+    document_info,
+    hit_from_row,
 )
 
-
-@dataclass
-class DocumentInfo:
-    id: str
-    collection: str
-    source: str  # the file as given at ingest, or the source named in add_text
-    kind: str  # text | markdown | html | pdf
-    title: str | None
-    content_hash: str
-    n_chars: int
-    n_tokens: int  # in the embedder's tokenizer
-    n_chunks: int
-    n_pages: int | None
-    metadata: dict = field(default_factory=dict)
-    added_at: float = 0.0
-    status: str = "stored"  # from add_*: "added" | "replaced" | "unchanged"
-
-
-@dataclass
-class Hit:
-    document: str  # document id
-    source: str
-    chunk: int  # the chunk's ordinal within its document
-    text: str
-    score: float  # hybrid: RRF score; dense: cosine similarity; lexical: BM25 score
-    start: int  # character span in the document's extracted text
-    end: int
-    page: int | None
-    collection: str = "default"
-    chunk_id: int = -1  # the chunk's id in the indexes
-
-
-@dataclass
-class _Prepared:
-    """A document extracted, chunked and embedded, waiting to be committed."""
-
-    id: str
-    collection: str
-    location: str
-    source: str
-    extracted: ExtractedText
-    content_hash: str
-    metadata: dict
-    chunks: list
-    vectors: np.ndarray
-    replaces: bool
-
-
-def document_id(collection: str, location: str) -> str:
-    return hashlib.sha256(f"{collection}\0{location}".encode()).hexdigest()[:16]
+MODES = ("hybrid", "dense", "lexical")
 
 
 class DocumentStore:
@@ -241,7 +178,9 @@ class DocumentStore:
         in place of the file's DocumentInfo (or raised, with `raise_errors`)."""
         paths = list(paths)
         results: list[DocumentInfo | RetrievalError | None] = [None] * len(paths)
-        pending: dict[str, tuple[list[int], _Prepared]] = {}  # document id -> (positions, item)
+        pending: dict[
+            str, tuple[list[int], PreparedDocument]
+        ] = {}  # document id -> (positions, item)
 
         def flush() -> None:
             self._commit([item for _, item in pending.values()])
@@ -261,7 +200,7 @@ class DocumentStore:
                 if raise_errors:
                     raise
                 item = exc
-            if not isinstance(item, _Prepared):
+            if not isinstance(item, PreparedDocument):
                 results[i] = item
                 continue
             earlier = pending.pop(item.id, ([], None))[0]  # same file twice: the last one wins
@@ -297,7 +236,7 @@ class DocumentStore:
         if len(data) > self.max_file_bytes:
             load_bytes(data, source, content_type, self.max_file_bytes)  # raises the size error
         item = self._prepare(data, source, source, source, collection, metadata, content_type)
-        if isinstance(item, _Prepared):
+        if isinstance(item, PreparedDocument):
             self._commit([item])
             return self._info_of(item)
         return item
@@ -311,7 +250,7 @@ class DocumentStore:
         collection: str,
         metadata: dict | None,
         content_type: str | None,
-    ) -> _Prepared | DocumentInfo:
+    ) -> PreparedDocument | DocumentInfo:
         if not collection or not isinstance(collection, str):
             raise InvalidQueryError("collection must be a non-empty name")
         doc_id = document_id(collection, location)
@@ -329,10 +268,10 @@ class DocumentStore:
         chunks = chunk_text(extracted.text, embedder.count_tokens, max_tokens,
                             min(self.overlap_tokens, max_tokens // 2), extracted.page_starts)  # fmt: skip
         vectors = embedder.embed([c.text for c in chunks], progress=self.progress)
-        return _Prepared(doc_id, collection, location, source, extracted, content_hash,
+        return PreparedDocument(doc_id, collection, location, source, extracted, content_hash,
                          dict(metadata or {}), chunks, vectors, replaces=old is not None)  # fmt: skip
 
-    def _info_of(self, item: _Prepared) -> DocumentInfo:
+    def _info_of(self, item: PreparedDocument) -> DocumentInfo:
         info = self.get(item.id)
         info.status = "replaced" if item.replaces else "added"
         return info
@@ -344,7 +283,7 @@ class DocumentStore:
         self._commit([], deletions=[document_id])
 
     # ----- the one write path
-    def _commit(self, prepared: Sequence[_Prepared], deletions: Sequence[str] = ()) -> None:
+    def _commit(self, prepared: Sequence[PreparedDocument], deletions: Sequence[str] = ()) -> None:
         with self._lock, self._file_lock:
             self._sync()
             db = self._db
@@ -375,7 +314,9 @@ class DocumentStore:
             self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
         return removed
 
-    def _insert_rows(self, prepared: Sequence[_Prepared]) -> tuple[list[int], list[np.ndarray]]:
+    def _insert_rows(
+        self, prepared: Sequence[PreparedDocument]
+    ) -> tuple[list[int], list[np.ndarray]]:
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
         dimension = self._meta().get("dimension")
@@ -501,7 +442,7 @@ class DocumentStore:
         ).fetchone()
         if row is None:
             raise UnknownDocumentError(f"no document with id {document_id!r}")
-        return _document_info(row)
+        return document_info(row)
 
     def list(self, collection: str | None = None) -> list[DocumentInfo]:
         sql = f"SELECT {DOCUMENT_COLUMNS} FROM documents"
@@ -509,7 +450,7 @@ class DocumentStore:
         if collection is not None:
             sql, args = sql + " WHERE collection = ?", (collection,)
         rows = self._db.execute(sql + " ORDER BY added_at, id", args).fetchall()
-        return [_document_info(r) for r in rows]
+        return [document_info(r) for r in rows]
 
     def collections(self) -> dict[str, int]:
         """Collection name -> number of documents."""
@@ -537,7 +478,7 @@ class DocumentStore:
             "WHERE c.document_id = ? ORDER BY c.ordinal",
             (document_id,),
         ).fetchall()
-        return [_hit(r, 0.0) for r in rows]
+        return [hit_from_row(r, 0.0) for r in rows]
 
     # ----- search
     def search(
@@ -605,20 +546,7 @@ class DocumentStore:
             ids,
         ).fetchall()
         by_id = {r[0]: r for r in rows}
-        return [_hit(by_id[i], score) for i, score in ranked if i in by_id]
-
-
-def _hit(row: tuple, score: float) -> Hit:
-    chunk_id, doc, source, ordinal, text, start, end, page, collection = row
-    return Hit(doc, source, ordinal, text, float(score), start, end, page, collection, chunk_id)
-
-
-def _document_info(row: tuple) -> DocumentInfo:
-    (doc_id, collection, source, kind, title, content_hash, n_chars, n_tokens, n_chunks,
-     page_starts, metadata, added_at) = row  # fmt: skip
-    pages = json.loads(page_starts)
-    return DocumentInfo(doc_id, collection, source, kind, title, content_hash, n_chars, n_tokens,
-                        n_chunks, len(pages) or None, json.loads(metadata), added_at)  # fmt: skip
+        return [hit_from_row(by_id[i], score) for i, score in ranked if i in by_id]
 
 
 def _embedder_name(embedder: str | Path | Embedder | None) -> str | None:
