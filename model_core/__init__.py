@@ -52,10 +52,7 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
     runtime = RuntimeOptions(backend=backend)
     if prefill_chunk:
         runtime.prefill_chunk = prefill_chunk
-    window = config.max_position_embeddings
-    if long_context not in (None, "none") or config.dual_chunk_attention_config:
-        from model_core.long_context import configure
+    from model_core.long_context import configure  # also applies config.json's YaRN / DCA blocks
 
-        model, config, runtime, window = configure(model, config, runtime, long_context,
-                                                   long_context_options or {})
+    model, config, runtime, window = configure(model, config, runtime, long_context, long_context_options or {})
     return Engine(model, config, tokenizer, device=device, runtime=runtime, window=window)

@@ -8,6 +8,7 @@ Positions are turned into cos/sin on the fly (no 128K table): `cos_sin(inv_freq,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -29,7 +30,48 @@ def linear_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
     return inv_freq / float(config.rope_scaling["factor"]), attention_factor
 
 
-ROPE: dict[str, RopeFn] = {"default": default_inv_freq, "linear": linear_inv_freq}
+def yarn_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """YaRN "NTK-by-parts" (arXiv 2309.00071), static, exactly as transformers >= 4.56.
+
+    Dimensions that turn more than beta_fast times over the original context keep their
+    frequency, those that turn less than beta_slow times are divided by `factor`, and a linear
+    ramp blends the ones between. The attention factor 0.1·ln(factor)+1 (or the DeepSeek ratio
+    when mscale and mscale_all_dim are given) multiplies cos and sin.
+    """
+    params = config.rope_scaling
+    dim, base = config.head_dim, config.rope_theta
+    original = params.get("original_max_position_embeddings") or config.max_position_embeddings
+    factor = params.get("factor") or config.max_position_embeddings / original
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = _yarn_mscale(factor)
+    beta_fast, beta_slow = params.get("beta_fast") or 32, params.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:  # the dimension that turns `rotations` times
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoid a zero-width ramp
+    pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp  # 1: keep the original frequency, 0: divide it by factor
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+ROPE: dict[str, RopeFn] = {"default": default_inv_freq, "linear": linear_inv_freq, "yarn": yarn_inv_freq}
 
 
 def rope_for(config: ModelConfig) -> tuple[torch.Tensor, float]:
