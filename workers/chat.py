@@ -46,8 +46,7 @@ def complete_chat(
     tool_format = backend.tool_format.parser
     stream = StreamParser(tool_format) if tools else None
 
-    def on_text(*args: Any) -> None:  # (text) or (prompt index, text)
-        piece = args[-1]
+    def on_text(piece: str) -> None:
         if stream is None:
             ctx.on_text(piece)
             return

@@ -13,17 +13,22 @@ lease runs out and the reaper fails the job unless Celery redelivered it first.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
+
+import redis
 
 from workers.contracts import Job, Settings, get_settings
 from workers.jobstore import JobStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Runtime:
@@ -62,6 +67,19 @@ class Runtime:
             log.exception("warm-up failed; the first job will try again")
 
 
+def until_redis_answers(action: Callable[[], T], patience_s: float = 120.0) -> T:
+    """Run a Redis action, retrying while Redis is away (a restart must not lose a finished job)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return action()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis away (%s); retrying", exc)
+            time.sleep(1.0)
+
+
 @lru_cache(maxsize=1)
 def get_runtime() -> Runtime:
     return Runtime(get_settings())
@@ -91,15 +109,22 @@ class JobContext:
         return self._stop.is_set()
 
     def emit(self, event_type: str, data: Any) -> None:
-        self.jobs.emit(self.job.id, event_type, data)
+        """Best effort: an event lost while Redis is away must not abort the job."""
+        try:
+            self.jobs.emit(self.job.id, event_type, data)
+        except redis.exceptions.RedisError as exc:
+            log.warning("event of %s dropped: %s", self.job.id, exc)
 
-    def on_text(self, piece: str, index: int = 0) -> None:
+    def on_text(self, *args: Any) -> None:
+        """Token events; called as `(text)` (agent backends) or `(prompt index, text)` (engine)."""
+        piece = args[-1]
         if piece:
-            self.emit("token", {"text": piece, "index": index})
+            self.emit("token", {"text": piece, "index": args[0] if len(args) == 2 else 0})
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         fraction = max(0.0, min(1.0, fraction))
-        self.jobs.update(self.job.id, progress=fraction, progress_message=message)
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self.jobs.update(self.job.id, progress=fraction, progress_message=message)
         self.emit("progress", {"progress": fraction, "message": message})
 
     def _beat(self) -> None:
