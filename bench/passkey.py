@@ -1,0 +1,391 @@
+"""Passkey retrieval: does Dual Chunk Attention let a model trained at 256 bytes read 8x further?
+
+A tiny Qwen2 (about 1M parameters, byte-level vocabulary) is trained on CPU on synthetic passkey
+retrieval at a short length, then asked for the key at 1x, 2x, 4x and 8x that length with plain
+RoPE, static YaRN (factor = length / training length) and DCA with its temperature, greedy
+decoding through our `Engine`. The trained checkpoint is a real Hugging Face checkpoint
+(config.json + model.safetensors) kept in tests/fixtures/passkey/ as a test fixture.
+
+    python -m bench.passkey train --out tests/fixtures/passkey           # ~20 min on 2 CPU threads
+    python -m bench.passkey eval --checkpoint tests/fixtures/passkey --trials 100 \
+        --markdown docs/readme/passkey.md
+
+A sample (exactly `length` tokens, prompt + answer):
+    <bos> filler ... The pass key is 48213. Remember it. filler ... What is the pass key? The pass key is
+    48213<eos>
+Filler is random sentences without digits; the key sentence sits at a uniformly random depth.
+Training puts the loss on the answer (5 digits and <eos>) only, plus a small language-model loss
+on the rest so the model learns to copy (induction heads form on the repeated filler).
+Vocabulary: bytes 0..255, then <bos> 256, <eos> 257, <pad> 258, one unused id (260 in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+BOS, EOS, PAD = 256, 257, 258
+VOCAB_SIZE = 260
+KEY_DIGITS = 5
+QUESTION = " What is the pass key? The pass key is "
+FILLER = [  # no digits, no "is ", no "key": the key sentence is the only match for the question
+    "The grass grows green.",
+    "The sky looks blue.",
+    "The sun shines yellow.",
+    "Here we go.",
+    "There and back again.",
+    "A cat sleeps on the warm mat.",
+    "Rivers run down to the sea.",
+    "The old man walks a dog.",
+    "Snow falls in the quiet night.",
+    "Bread gets baked at dawn.",
+    "The wind moves the tall trees.",
+    "Birds sing in the morning.",
+    "A ship sails past the rocks.",
+    "The clock ticks on the wall.",
+    "Rain taps on the window.",
+    "Stars shine over the hills.",
+]
+LENGTH_MULTIPLES = (1, 2, 4, 8)
+MODES = ("none", "yarn", "dca")
+DEFAULT_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "passkey"
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: list[int]  # <bos> + text up to "The pass key is "
+    answer: list[int]  # the key's digits + <eos>
+    key: str
+    depth: float  # where the key sentence starts, as a fraction of the prompt
+
+
+def key_sentence(key: str) -> str:
+    return f" The pass key is {key}. Remember it."
+
+
+def filler_text(rng: random.Random, n_chars: int) -> str:
+    """Random filler sentences, cut to exactly n_chars characters."""
+    parts, size = [], 0
+    while size < n_chars:
+        sentence = " " + rng.choice(FILLER)
+        parts.append(sentence)
+        size += len(sentence)
+    return "".join(parts)[:n_chars]
+
+
+def make_sample(rng: random.Random, length: int) -> Sample:
+    """A passkey sample of exactly `length` tokens (prompt + answer), key at a random depth."""
+    key = str(rng.randint(10 ** (KEY_DIGITS - 1), 10**KEY_DIGITS - 1))
+    needle = key_sentence(key)
+    n_filler = length - 1 - len(needle) - len(QUESTION) - (KEY_DIGITS + 1)
+    if n_filler < 0:
+        raise ValueError(f"length {length} is too short for a passkey sample")
+    filler = filler_text(rng, n_filler)
+    cut = rng.randint(0, n_filler)
+    cut = max(0, filler.rfind(".", 0, cut) + 1)  # insert at a sentence boundary
+    text = filler[:cut] + needle + filler[cut:] + QUESTION
+    prompt = [BOS, *text.encode("ascii")]
+    answer = [*key.encode("ascii"), EOS]
+    return Sample(prompt, answer, key, depth=cut / max(1, len(text)))
+
+
+def decode_digits(token_ids: list[int]) -> str:
+    """The generated answer as text (bytes up to <eos>; specials dropped)."""
+    out = []
+    for t in token_ids:
+        if t == EOS:
+            break
+        if t < 256:
+            out.append(t)
+    return bytes(out).decode("ascii", errors="replace")
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSettings:
+    train_len: int = 256
+    min_len: int = 96
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 384
+    rope_theta: float = 10_000.0
+    batch_size: int = 16
+    curriculum: float = (
+        0.3  # fraction of the budget over which the longest sample grows to train_len
+    )
+    lr: float = 2e-3
+    warmup: int = 100
+    lm_weight: float = 0.1
+    minutes: float = 20.0
+    max_steps: int = 100_000
+    seed: int = 0
+    threads: int = 2
+
+
+def build_hf_model(s: TrainSettings):
+    """A fresh transformers Qwen2ForCausalLM with the byte vocabulary and window = train_len."""
+    import transformers
+
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        max_position_embeddings=s.train_len,
+        rope_theta=s.rope_theta,
+        tie_word_embeddings=True,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        rms_norm_eps=1e-6,
+    )
+    return transformers.Qwen2ForCausalLM(config)
+
+
+def training_batch(rng: random.Random, s: TrainSettings, progress: float) -> torch.Tensor:
+    """(batch, length) token ids; one random length per batch so no padding is needed.
+
+    Short samples first (cheaper steps, easier retrieval): the longest length grows linearly from
+    min_len + 32 to train_len over the first `curriculum` fraction of the budget.
+    """
+    ramp = min(1.0, progress / s.curriculum) if s.curriculum > 0 else 1.0
+    longest = round(s.min_len + 32 + ramp * (s.train_len - s.min_len - 32))
+    length = rng.randint(s.min_len, longest)
+    rows = []
+    for _ in range(s.batch_size):
+        sample = make_sample(rng, length)
+        rows.append(sample.prompt + sample.answer)
+    return torch.tensor(rows)
+
+
+def batch_loss(model, ids: torch.Tensor, lm_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, answer loss): cross-entropy on the answer plus lm_weight x on the rest."""
+    logits = model(input_ids=ids[:, :-1]).logits.float()  # (B, T-1, V)
+    targets = ids[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)  # (B, T-1)
+    n_answer = KEY_DIGITS + 1
+    answer = per_token[:, -n_answer:].mean()
+    rest = per_token[:, :-n_answer].mean()
+    return answer + lm_weight * rest, answer
+
+
+@torch.no_grad()
+def answer_accuracy(model, rng: random.Random, length: int, n: int) -> float:
+    """Teacher-forced exact match of all answer tokens at `length` (a quick training monitor)."""
+    rows = [make_sample(rng, length) for _ in range(n)]
+    ids = torch.tensor([r.prompt + r.answer for r in rows])
+    logits = model(input_ids=ids[:, :-1]).logits
+    n_answer = KEY_DIGITS + 1
+    pred = logits[:, -n_answer:].argmax(-1)
+    return float((pred == ids[:, -n_answer:]).all(-1).float().mean())
+
+
+def train(s: TrainSettings, out: Path) -> dict:
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    model = build_hf_model(s)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"parameters: {n_params:,}; training length {s.train_len}; budget {s.minutes} min",
+        flush=True,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    budget = s.minutes * 60
+    start = time.monotonic()
+    step, log = 0, []
+    while step < s.max_steps:
+        elapsed = time.monotonic() - start
+        if elapsed > budget:
+            break
+        progress = elapsed / budget  # cosine decay over wall-clock time, after a step warmup
+        lr = (
+            s.lr
+            * min(1.0, (step + 1) / s.warmup)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss, answer = batch_loss(model, training_batch(rng, s, progress), s.lm_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            model.eval()
+            acc = answer_accuracy(model, random.Random(10_000 + step), s.train_len, 32)
+            entry = dict(
+                step=step,
+                minutes=round(elapsed / 60, 2),
+                lr=round(lr, 6),
+                answer_loss=round(answer.item(), 4),
+                acc_1x=acc,
+            )
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    minutes = (time.monotonic() - start) / 60
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    final_acc = answer_accuracy(model, random.Random(123), s.train_len, 128)
+    meta = dict(
+        settings=asdict(s),
+        parameters=n_params,
+        steps=step,
+        train_minutes=round(minutes, 1),
+        final_teacher_forced_acc_1x=final_acc,
+        torch=torch.__version__,
+        log=log[-5:],
+    )
+    (out / "passkey_training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(
+        f"saved {out} after {step} steps, {minutes:.1f} min; teacher-forced 1x acc {final_acc:.2f}"
+    )
+    return meta
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def load_passkey_engine(checkpoint: Path, mode: str, length: int, train_len: int):
+    """Our Engine for `mode` at prompt+answer `length`; the window is opened to `length`."""
+    from model_core import load_engine
+
+    factor = max(1.0, length / train_len)
+    options = {
+        "none": None,
+        "yarn": {"factor": factor, "original_max_position_embeddings": train_len},
+        "dca": {
+            "chunk_size": train_len,
+            "local_size": train_len // 8,
+            "original_max_position_embeddings": train_len,
+        },
+    }[mode]
+    engine = load_engine(checkpoint, long_context=mode, long_context_options=options)
+    engine.window = max(engine.window, length + 1)  # plain RoPE past its window is the point
+    return engine
+
+
+def run_trials(engine, length: int, trials: int, seed: int, batch: int = 10) -> list[bool]:
+    """Greedy answers to `trials` seeded samples of `length` tokens; exact match per trial."""
+    from model_core import SamplingParams
+
+    rng = random.Random(seed * 1_000_003 + length)
+    samples = [make_sample(rng, length) for _ in range(trials)]
+    params = SamplingParams(max_new_tokens=KEY_DIGITS + 1, temperature=0.0, stop_token_ids=[EOS])
+    hits = []
+    for i in range(0, trials, batch):
+        group = samples[i : i + batch]
+        outs = engine.generate([s.prompt for s in group], params)
+        hits += [decode_digits(o.token_ids) == s.key for o, s in zip(outs, group, strict=True)]
+    return hits
+
+
+def train_len_of(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "config.json").read_text())["max_position_embeddings"])
+
+
+def evaluate(
+    checkpoint: Path,
+    trials: int,
+    seed: int,
+    multiples=LENGTH_MULTIPLES,
+    modes=MODES,
+    threads: int = 2,
+) -> dict[str, dict[int, float]]:
+    torch.set_num_threads(threads)
+    train_len = train_len_of(checkpoint)
+    table: dict[str, dict[int, float]] = {}
+    for mode in modes:
+        table[mode] = {}
+        for m in multiples:
+            length = m * train_len
+            started = time.monotonic()
+            try:
+                engine = load_passkey_engine(checkpoint, mode, length, train_len)
+                hits = run_trials(engine, length, trials, seed)
+                table[mode][m] = sum(hits) / len(hits)
+            except Exception as exc:  # report a mode that does not run rather than hide it
+                print(f"{mode} at {m}x failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                table[mode][m] = float("nan")
+            print(
+                f"{mode:>4} {m}x ({length} tokens): {table[mode][m]:.2f} "
+                f"[{time.monotonic() - started:.0f}s]",
+                flush=True,
+            )
+    return table
+
+
+def markdown_table(table: dict[str, dict[int, float]], train_len: int, trials: int) -> str:
+    multiples = sorted(next(iter(table.values())))
+    names = {
+        "none": "plain RoPE",
+        "yarn": "YaRN (static, factor = L / train)",
+        "dca": "DCA + temperature",
+    }
+    head = "| method | " + " | ".join(f"{m}x ({m * train_len})" for m in multiples) + " |"
+    rule = "|---|" + "---|" * len(multiples)
+    rows = [
+        f"| {names.get(mode, mode)} | "
+        + " | ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in (row[m] for m in multiples))
+        + " |"
+        for mode, row in table.items()
+    ]
+    return (
+        "\n".join([head, rule, *rows])
+        + f"\n\nExact match of the 5 key digits, {trials} trials per cell.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.passkey", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the tiny passkey model and save a HF checkpoint")
+    t.add_argument("--out", type=Path, default=DEFAULT_FIXTURE)
+    defaults = TrainSettings()
+    for name, value in asdict(defaults).items():
+        t.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    e = sub.add_parser("eval", help="passkey accuracy at 1x..8x for none / yarn / dca")
+    e.add_argument("--checkpoint", type=Path, default=DEFAULT_FIXTURE)
+    e.add_argument("--trials", type=int, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--multiples", type=int, nargs="+", default=list(LENGTH_MULTIPLES))
+    e.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--json", type=Path, help="write the table as JSON here")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        settings = TrainSettings(**{k: getattr(args, k) for k in asdict(defaults)})
+        train(settings, args.out)
+        return 0
+    table = evaluate(
+        args.checkpoint, args.trials, args.seed, args.multiples, args.modes, args.threads
+    )
+    print(markdown_table(table, train_len_of(args.checkpoint), args.trials))
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
