@@ -8,7 +8,8 @@ Every step goes into the trace (:class:`Step`: model text, calls, results, timin
 comes back with the answer in :class:`AgentResult`. The loop ends with ``stopped_reason``:
 ``answer``, ``max_steps`` (the model still wanted tools after ``max_steps`` model calls; the
 answer is then the last text it wrote), or ``cancelled`` (``should_stop()`` returned true; checked
-before each step and passed to the model for checks between decode steps).
+before each step and passed to the model for checks between decode steps). ``on_text`` receives
+the model's text as it is generated, without the tool-call markup (calls arrive in ``on_step``).
 
 A call the parser could not read stays in the assistant turn as the model wrote it, and its
 result says why it failed — the model gets to repair it on the next step (Qwen-Agent instead
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.backend import ChatBackend
-from agent.parser import ToolCall, parse
+from agent.parser import StreamParser, TextDelta, ToolCall, parse
 from agent.tools import Tool, ToolResult, as_tools, run_calls
 
 DEFAULT_SYSTEM = (
@@ -100,7 +101,12 @@ def run_agent(
 
 def _one_step(model, index, messages, schemas, tools, params, on_text, should_stop) -> Step:
     started = time.perf_counter()
-    generation = model.complete(messages, schemas, params, on_text=on_text, should_stop=should_stop)
+    relay = _TextRelay(on_text, model.tool_format.parser) if on_text and schemas else None
+    generation = model.complete(
+        messages, schemas, params, on_text=relay.feed if relay else on_text, should_stop=should_stop
+    )
+    if relay is not None:
+        relay.finish()
     model_seconds = time.perf_counter() - started
     parsed = parse(generation.text, model.tool_format.parser)
     calls = parsed.calls
@@ -120,6 +126,24 @@ def _one_step(model, index, messages, schemas, tools, params, on_text, should_st
         model_seconds=model_seconds,
         tool_seconds=time.perf_counter() - started,
     )
+
+
+class _TextRelay:
+    """Passes on the text outside tool calls as it streams (calls are reported by on_step)."""
+
+    def __init__(self, on_text: Callable[[str], None], parser: str):
+        self.on_text, self.stream = on_text, StreamParser(parser)
+
+    def feed(self, piece: str) -> None:
+        self._send(self.stream.feed(piece))
+
+    def finish(self) -> None:
+        self._send(self.stream.finish())
+
+    def _send(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, TextDelta) and event.text:
+                self.on_text(event.text)
 
 
 def _start(task: str | list[dict], system: str | None) -> list[dict]:

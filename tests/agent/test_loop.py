@@ -173,6 +173,15 @@ def test_streamed_text_reaches_on_text():
     assert result.answer == "The answer is 42."
 
 
+def test_streamed_text_leaves_out_the_call_markup():
+    pieces = []
+    model = ScriptedChat(
+        ["Let me compute. " + call("calculator", expression="1+2") + " Wait.", "3"], chunk=4
+    )
+    run_agent(model, "?", [calculator_tool()], on_text=pieces.append)
+    assert "".join(pieces) == "Let me compute.  Wait.3"
+
+
 def test_qwen_format_loop():
     model = ScriptedChat(
         ['Computing.\n✿FUNCTION✿: calculator\n✿ARGS✿: {"expression": "6*7"}', "✿RETURN✿: 42"],
