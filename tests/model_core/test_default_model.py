@@ -77,3 +77,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_cli_chat_answers_each_turn_until_an_empty_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "longctx.cli", "chat", "--max-new-tokens", "30",
+         "--system", "Answer using the given text."],
+        input="Text: The Eiffel Tower was completed in 1889. When was the tower completed?\n\n",
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("model> ") == 1 and "1889" in done.stdout, done.stdout
