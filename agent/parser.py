@@ -280,7 +280,7 @@ def _decode_arguments(text: str) -> tuple[Any, str, bool, str | None]:
         value, end = json.JSONDecoder().raw_decode(text)
         if isinstance(value, dict):
             return value, text[end:], False, None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     value, repaired, error = _load_json(text)
     if error is None and not isinstance(value, dict):

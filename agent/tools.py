@@ -57,7 +57,10 @@ class Tool:
     def check_arguments(self, arguments: dict[str, Any]) -> str | None:
         """None when the arguments match the schema, else one line saying what is wrong."""
         validator = jsonschema.Draft202012Validator(self.parameters)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        except RecursionError:
+            return "the arguments are nested too deeply to check"
         if error is None:
             return None
         where = "/".join(str(p) for p in error.absolute_path)

@@ -285,6 +285,17 @@ def test_no_input_makes_the_parser_raise(text, fmt):
         assert isinstance(call.arguments, dict)
 
 
+@pytest.mark.parametrize(
+    "fmt, head", [("hermes", "<tool_call>"), ("qwen", "✿FUNCTION✿: f\n✿ARGS✿: ")]
+)
+@pytest.mark.parametrize(
+    "body", ["[" * 50000, '{"a":' * 5000, '{"name": "f", "arguments": ' + "{" * 3000]
+)
+def test_deeply_nested_json_is_an_invalid_call_not_a_recursion_error(fmt, head, body):
+    (call,) = parse(head + body, fmt).calls
+    assert not call.valid
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     text=texts,
