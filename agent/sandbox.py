@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,10 +182,15 @@ class PythonSandbox:
     ):
         if isolation not in ("auto", "kernel", "hooks"):
             raise ValueError("isolation is auto, kernel or hooks")
+        owned = scratch is None
         if scratch is None:
             scratch = tempfile.mkdtemp(prefix="longctx-python-")
         Path(scratch).mkdir(parents=True, exist_ok=True)
         self.scratch = os.path.realpath(scratch)
+        # a scratch folder we made goes away with the sandbox (or at exit); one given is kept
+        self._remove_scratch = (
+            weakref.finalize(self, shutil.rmtree, self.scratch, True) if owned else None
+        )
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.max_file_mb = max_file_mb
@@ -198,6 +204,11 @@ class PythonSandbox:
         if self._isolation == "auto":
             self._isolation = "kernel" if self._kernel_works() else "hooks"
         return self._isolation
+
+    def close(self) -> None:
+        """Remove the scratch folder now if this sandbox created it."""
+        if self._remove_scratch is not None:
+            self._remove_scratch()
 
     def run(self, code: str) -> SandboxRun:
         isolation = self.isolation

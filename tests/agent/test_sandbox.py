@@ -127,6 +127,15 @@ def test_stopped_at_the_memory_limit(tmp_path):
     assert small.stdout.strip() == "ALLOCATED", small.stderr
 
 
+def test_a_scratch_folder_it_made_is_removed():
+    sandbox = PythonSandbox()
+    sandbox.run("open('x', 'w').write('y')")
+    scratch = sandbox.scratch
+    assert os.path.exists(os.path.join(scratch, "x"))
+    del sandbox
+    assert not os.path.exists(scratch)
+
+
 def test_output_is_capped(tmp_path):
     run = PythonSandbox(tmp_path, max_output_chars=100).run("print('x' * 100000)")
     assert len(run.stdout) < 200 and run.stdout.endswith("[... output cut]")
