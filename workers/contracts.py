@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = 5.0
     cancel_poll_s: float = 0.25
     reaper_interval_s: float = 5.0
-    outbox_grace_s: float = 10.0
+    requeue_after_s: float = 600.0  # a queued job unclaimed this long after its send is re-sent
     max_attempts: int = 3  # deliveries of one job before it is failed (no redelivery loops)
     sync_wait_s: float = 600.0  # how long /v1/chat/completions waits for its job
     redis_timeout_s: float = 5.0

@@ -8,9 +8,9 @@ A job lives in Redis as one hash `{prefix}:job:{id}` whose fields hold JSON valu
 - `{prefix}:leases`           a sorted set job id -> lease expiry, refreshed by the worker's
   heartbeat; the reaper fails running jobs whose lease ran out (their worker died and the
   message was not redelivered);
-- `{prefix}:outbox`           a sorted set job id -> creation time for jobs whose Celery message
-  is not yet known to be sent; the reaper sends them again (an accepted job is never lost
-  because the broker hiccuped between the record and the message).
+- `{prefix}:outbox`           a sorted set job id -> time of its last send, for jobs no worker
+  has claimed yet; the reaper sends them again after `requeue_after_s` (an accepted job is
+  never lost, whether the message never left or was stranded by a Redis restart).
 Status moves only forward (queued -> running -> succeeded | failed | cancelled); the moves are
 Lua scripts, so two processes never both finish one job.
 """
@@ -63,16 +63,24 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return {1, ARGV[1]}
 """
 
-# Claim a job for a delivery. KEYS: job, leases ; ARGV: id, now, lease_until, worker, max_attempts
-# Returns the status after the claim ("running", or the terminal status to leave alone,
-# or "missing", or "exhausted" when it was failed for too many deliveries).
+# Claim a job for a delivery.
+# KEYS: job, leases, outbox ; ARGV: id, now, lease_until, worker, max_attempts, force
+# Returns the status after the claim: "running" (claimed), a terminal status (leave it alone),
+# "missing", "exhausted" (failed now: delivered too often), or "held:<worker>" when another
+# worker holds a live lease (a duplicate message; `force` takes over from a holder known dead).
 _CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 status = cjson.decode(status)
 if status ~= 'queued' and status ~= 'running' then return status end
+if status == 'running' and ARGV[6] ~= '1' then
+  local holder = cjson.decode(redis.call('HGET', KEYS[1], 'worker') or 'null')
+  local lease = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+  if holder ~= ARGV[4] and lease > tonumber(ARGV[2]) then return 'held:' .. tostring(holder) end
+end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') + 1
 redis.call('HSET', KEYS[1], 'attempts', tostring(attempts), 'updated_at', ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
 if attempts > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', '"failed"', 'finished_at', ARGV[2],
     'error', cjson.encode({type='TooManyAttempts', user_error=false,
@@ -81,9 +89,8 @@ if attempts > tonumber(ARGV[5]) then
   return 'exhausted'
 end
 redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', cjson.encode(ARGV[4]))
-if not redis.call('HGET', KEYS[1], 'started_at') or redis.call('HGET', KEYS[1], 'started_at') == 'null' then
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
-end
+local started = redis.call('HGET', KEYS[1], 'started_at')
+if not started or started == 'null' then redis.call('HSET', KEYS[1], 'started_at', ARGV[2]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return 'running'
 """
@@ -201,21 +208,36 @@ class JobStore:
         fields["updated_at"] = time.time()
         self.redis.hset(self.job_key(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
 
-    def mark_dispatched(self, job_id: str) -> None:
-        self.redis.zrem(self.key("outbox"), job_id)
+    def mark_sent(self, job_id: str) -> None:
+        """The message is sent: re-send only if nobody claims the job within `requeue_after_s`."""
+        self.redis.zadd(self.key("outbox"), {job_id: time.time()}, xx=True)
 
-    def claim(self, job_id: str, worker: str) -> str:
-        now = time.time()
-        status = self._claim(
-            keys=[self.job_key(job_id), self.key("leases")],
-            args=[job_id, now, now + self.settings.lease_s, worker, self.settings.max_attempts],
-        )
-        status = status.decode() if isinstance(status, bytes) else status
+    def claim(self, job_id: str, worker: str, *, holder_is_dead=None) -> str:
+        """Claim a job for this delivery; see `_CLAIM`. `holder_is_dead(worker)` lets a worker
+        take over a job whose holder it knows died (a child on its own host, by pid)."""
+        status = self._run_claim(job_id, worker, force=False)
+        if status.startswith("held:") and holder_is_dead and holder_is_dead(status[5:]):
+            status = self._run_claim(job_id, worker, force=True)
         if status == "running":
             self.emit(job_id, "status", {"status": "running", "worker": worker})
         elif status == "exhausted":
             self._emit_done(job_id)
         return status
+
+    def _run_claim(self, job_id: str, worker: str, *, force: bool) -> str:
+        now = time.time()
+        status = self._claim(
+            keys=[self.job_key(job_id), self.key("leases"), self.key("outbox")],
+            args=[
+                job_id,
+                now,
+                now + self.settings.lease_s,
+                worker,
+                self.settings.max_attempts,
+                int(force),
+            ],
+        )
+        return status.decode() if isinstance(status, bytes) else status
 
     def heartbeat(self, job_id: str) -> None:
         self.redis.zadd(self.key("leases"), {job_id: time.time() + self.settings.lease_s})
@@ -315,7 +337,14 @@ class JobStore:
 
     # reaper
     def reap(self, dispatch=None, now: float | None = None) -> dict[str, int]:
-        """Fail running jobs whose lease ran out; re-send queued jobs whose message may be lost."""
+        """Fail running jobs whose lease ran out; re-send queued jobs nobody claimed in time.
+
+        A queued job is re-sent when no worker claimed it within `requeue_after_s` of its last
+        send: its message was never sent, or it was stranded in the broker's unacked set when
+        Redis went away under a worker (Celery restores those only after the visibility
+        timeout). A re-send of a job that was merely waiting in a long queue is a duplicate
+        message; the claim drops it (the job is running or final by then).
+        """
         now = time.time() if now is None else now
         failed = resent = 0
         for raw in self.redis.zrangebyscore(self.key("leases"), "-inf", now):
@@ -332,7 +361,7 @@ class JobStore:
                 self.redis.zrem(self.key("leases"), job_id)
         if dispatch is not None:
             stale = self.redis.zrangebyscore(
-                self.key("outbox"), "-inf", now - self.settings.outbox_grace_s
+                self.key("outbox"), "-inf", now - self.settings.requeue_after_s
             )
             for raw in stale:
                 job_id = raw.decode()
@@ -344,7 +373,8 @@ class JobStore:
                 if job.status == JobStatus.queued:
                     dispatch(job)
                     resent += 1
-                self.mark_dispatched(job_id)
+                else:
+                    self.redis.zrem(self.key("outbox"), job_id)
         return {"failed": failed, "resent": resent}
 
     # documents (written by the ingest worker, listed by the API)
@@ -385,4 +415,4 @@ class JobStore:
 def dispatch(celery_app: Any, jobs: JobStore, job: Job) -> None:
     """Send the Celery message of a job (by task name: the sender never imports the task)."""
     celery_app.send_task(TASK_NAMES[job.kind], args=[job.id], queue=QUEUES[job.kind])
-    jobs.mark_dispatched(job.id)
+    jobs.mark_sent(job.id)

@@ -189,7 +189,7 @@ def test_the_reaper_fails_jobs_whose_worker_went_silent_and_resends_unsent_ones(
     assert jobs.claim(job.id, "worker-that-dies") == "running"
     sent = []
     unsent, _ = jobs.create(JobKind.qa, QARequest(question="never sent"))
-    outcome = jobs.reap(dispatch=sent.append, now=time.time() + settings.outbox_grace_s + 1)
+    outcome = jobs.reap(dispatch=sent.append, now=time.time() + settings.requeue_after_s + 1)
     assert outcome == {"failed": 1, "resent": 1}
     assert jobs.get(job.id).status == JobStatus.failed
     assert jobs.get(job.id).error.type == "WorkerLost"

@@ -1,0 +1,134 @@
+"""Failures a service meets: a worker child SIGKILLed mid-batch, a whole worker SIGKILLed, Redis
+stopped and started again. A job is redelivered and completes, or ends failed; it never stays
+`running` and never vanishes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+import redis
+
+from tests.service.conftest import KILL_DB, ApiServer, Worker, flush, make_settings, wait_job
+
+LONG_TASK = {"task": "Write a long story about a dragon who learns to bake bread.", "tools": ["calculator"],
+             "max_steps": 1, "max_new_tokens": 400}  # fmt: skip
+
+
+def first_event(client: httpx.Client, job_id: str, wanted: str) -> dict:
+    import json
+
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind in (wanted, "done"):
+                return {"type": kind, **json.loads(line[6:])}
+    raise AssertionError(f"no {wanted} event")
+
+
+def test_a_child_killed_mid_batch_is_redelivered_and_skips_finished_documents(client, corpus):
+    ids = [corpus[n]["id"] for n in ("moon.txt", "coffee.txt", "eiffel.txt")]
+    job = client.post("/v1/summaries", json={"document_ids": ids, "max_new_tokens": 24}).json()
+    event = first_event(client, job["id"], "document")
+    assert event["type"] == "document" and event["document"] == ids[0]
+    running = client.get(f"/v1/jobs/{job['id']}").json()
+    os.kill(int(running["worker"].rsplit("-", 1)[1]), signal.SIGKILL)  # the pool child running it
+
+    done = wait_job(client, job["id"], timeout=240)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["result"]["resumed"] == [ids[0]]
+    assert [d["document"] for d in done["result"]["documents"]] == ids
+
+
+def test_a_worker_killed_outright_leaves_a_failed_job_not_a_running_one(tmp_path):
+    settings = make_settings(tmp_path, KILL_DB, lease_s=3.0)
+    flush(settings)
+    worker = Worker(settings, tmp_path / "worker.log", name="doomed")
+    api = ApiServer(settings)
+    try:
+        worker.wait_ready()
+        with httpx.Client(base_url=api.url, timeout=60) as client:
+            job = client.post("/v1/agent/jobs", json=LONG_TASK).json()
+            assert first_event(client, job["id"], "token")["type"] == "token"
+            worker.kill_all()
+            killed = time.monotonic()
+            done = wait_job(client, job["id"], timeout=30)
+            assert done["status"] == "failed"
+            assert done["error"]["type"] == "WorkerLost"
+            assert time.monotonic() - killed < settings.lease_s + 10
+            assert client.get("/readyz").status_code == 503  # and nobody is left to run jobs
+    finally:
+        api.stop()
+        worker.stop()
+        flush(settings)
+
+
+class OwnRedis:
+    """A private redis-server (AOF on) in a temp folder: ours to stop and start."""
+
+    def __init__(self, folder, port: int = 6390):
+        self.folder, self.port = folder, port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+               "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            try:
+                redis.Redis(port=self.port).shutdown()
+            except redis.exceptions.ConnectionError:
+                pass  # shutdown closes the connection on us
+            self.process.wait(10)
+
+
+def test_redis_stopped_and_started_again(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    server = OwnRedis(tmp_path)
+    server.start()
+    settings = make_settings(tmp_path, 0, port=server.port, lease_s=60.0)
+    worker = Worker(settings, tmp_path / "worker.log", name="survivor")
+    api = ApiServer(settings)
+    quick = {"task": "What is 6 * 7?", "tools": ["calculator"], "max_steps": 1, "max_new_tokens": 8}
+    try:
+        worker.wait_ready()
+        with httpx.Client(base_url=api.url, timeout=60) as client:
+            accepted = [client.post("/v1/agent/jobs", json=quick).json()["id"] for _ in range(2)]
+            server.stop()
+            assert client.get(f"/v1/jobs/{accepted[0]}").status_code == 503
+            assert client.post("/v1/agent/jobs", json=quick).status_code == 503
+            assert client.get("/readyz").status_code == 503
+            assert client.get("/healthz").status_code == 200
+
+            server.start()
+            deadline = time.monotonic() + 30
+            while client.get(f"/v1/jobs/{accepted[0]}").status_code != 200:
+                assert time.monotonic() < deadline, "the API did not recover"
+                time.sleep(0.2)
+            later = client.post("/v1/agent/jobs", json=quick)
+            assert later.status_code == 202
+            for job_id in [*accepted, later.json()["id"]]:
+                assert wait_job(client, job_id, timeout=180)["status"] == "succeeded"
+    finally:
+        api.stop()
+        worker.stop()
+        server.stop()
