@@ -114,3 +114,13 @@ def test_a_langchain_tool_runs_in_our_loop():
     result = run_agent(backend, "12*12?", [multiply])  # the @tool object itself
     assert result.trace[0].results[0].content == "144"
     assert result.answer == "144"
+
+
+def test_with_structured_output_returns_the_model_instance():
+    backend = ScriptedChat(
+        ['<tool_call>{"name": "GetWeather", "arguments": {"city": "Oslo"}}</tool_call>']
+    )
+    parsed = (
+        ChatLongctx(backend=backend).with_structured_output(GetWeather).invoke("Weather in Oslo?")
+    )
+    assert parsed == GetWeather(city="Oslo")
