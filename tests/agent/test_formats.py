@@ -147,3 +147,26 @@ def test_what_a_format_writes_its_parser_reads():
 def test_without_tools_tool_turns_become_plain_text(qwen25):
     prompt = HERMES.render(qwen25, CONVERSATION, [])
     assert "# Tools" not in prompt and "<tool_response>\nsunny" in prompt
+
+
+def test_engine_chat_renders_encodes_and_adds_the_format_stops():
+    from agent import EngineChat
+    from model_core import Generation, SamplingParams
+
+    class FakeEngine:
+        tokenizer = ChatMLTokenizer()
+        tokenizer.encode = lambda text, add_special_tokens=False: list(range(len(text.split())))
+
+        def generate(self, prompts, params, on_text=None, should_stop=None):
+            self.seen = (prompts, params)
+            on_text(0, "hi")
+            return [Generation([1], "hi", "stop", len(prompts[0]))]
+
+    engine = FakeEngine()
+    chat = EngineChat(engine)
+    pieces = []
+    reply = chat.complete(CONVERSATION, TOOLS, SamplingParams(stop=["END"]), on_text=pieces.append)
+    prompts, params = engine.seen
+    assert chat.tool_format is QWEN and reply.text == "hi" and pieces == ["hi"]
+    assert params.stop == ["END", "✿RESULT✿", "✿RETURN✿"]
+    assert len(prompts[0]) == len(chat.render(CONVERSATION, TOOLS).split())
