@@ -23,6 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# This folder holds bench/retrieval.py, which would shadow the `retrieval` package: import from
+# the repository root instead of the script's folder.
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+sys.path.insert(0, str(BENCH_DIR.parent))
+
 QUESTIONS = Path(__file__).parent / "data" / "retrieval_questions.json"
 MODULES = (
     "base64 calendar collections configparser contextlib copy csv dataclasses difflib enum "
@@ -60,21 +66,53 @@ def is_relevant(hit, spans: list[tuple[int, int]]) -> bool:
     return False
 
 
+def first_relevant_rank(hits, q, documents) -> int | None:
+    for rank, hit in enumerate(hits, start=1):
+        if hit.document == documents[q["module"]] and is_relevant(hit, q["spans"]):
+            return rank
+    return None
+
+
+def fusion_sweep(store, questions, documents, lexical_weights=(0.25, 0.5, 0.75, 1.0)) -> dict:
+    """Weighted RRF (dense weight 1, lexical weight w) on the same top-50 lists the store fuses,
+    scored separately on odd and even question ids (pick on one half, check on the other)."""
+    from retrieval.fusion import reciprocal_rank_fusion
+
+    lists = []
+    for q in questions:
+        dense = store.search(q["question"], k=50, mode="dense")
+        lexical = store.search(q["question"], k=50, mode="lexical")
+        lists.append((q, dense, lexical))
+    sweep = {}
+    for w in lexical_weights:
+        halves = {"odd": [0, 0.0, 0], "even": [0, 0.0, 0]}
+        for q, dense, lexical in lists:
+            by_id = {h.chunk_id: h for h in dense + lexical}
+            fused = reciprocal_rank_fusion(
+                [[(h.chunk_id, h.score) for h in dense], [(h.chunk_id, h.score) for h in lexical]],
+                weights=(1.0, w),
+            )
+            hits = [by_id[i] for i, _ in fused[:10]]
+            rank = first_relevant_rank(hits, q, documents)
+            half = halves["odd" if q["id"] % 2 else "even"]
+            half[0] += rank is not None and rank <= 5
+            half[1] += 1.0 / rank if rank else 0.0
+            half[2] += 1
+        sweep[w] = {
+            name: {"recall@5": h[0] / h[2], "mrr@10": h[1] / h[2]} for name, h in halves.items()
+        }
+    return sweep
+
+
 def evaluate(store, questions, documents, k_recall=5, k_mrr=10) -> dict:
     results = {}
     for mode in MODES:
         found, reciprocal, latencies, misses = 0, 0.0, [], []
         for q in questions:
-            spans = q["spans"]
             t0 = time.perf_counter()
             hits = store.search(q["question"], k=k_mrr, mode=mode)
             latencies.append(time.perf_counter() - t0)
-            ranks = [
-                i
-                for i, h in enumerate(hits, start=1)
-                if h.document == documents[q["module"]] and is_relevant(h, spans)
-            ]
-            first = ranks[0] if ranks else None
+            first = first_relevant_rank(hits, q, documents)
             found += first is not None and first <= k_recall
             reciprocal += 1.0 / first if first else 0.0
             if first is None or first > k_recall:
@@ -121,6 +159,7 @@ def main() -> int:
         n_chunks = sum(i.n_chunks for i in infos)
         store.search("warm up", k=1, mode="hybrid")
         results = evaluate(store, questions, documents)
+        sweep = fusion_sweep(store, questions, documents)
         store.close()
 
     summary = {
@@ -134,13 +173,16 @@ def main() -> int:
         "questions": len(questions),
         "skipped_questions": skipped,
         "results": results,
+        "weighted_rrf_sweep": sweep,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"corpus: {summary['documents']} stdlib module docstrings (Python {summary['python']}), "
           f"{summary['characters']:,} characters, {n_chunks} chunks of <= {args.chunk_tokens} tokens")  # fmt: skip
-    print(f"ingest: {ingest_s:.1f} s, {n_chunks / ingest_s:.1f} chunks/s (extract+chunk+embed+index)")
+    print(
+        f"ingest: {ingest_s:.1f} s, {n_chunks / ingest_s:.1f} chunks/s (extract+chunk+embed+index)"
+    )
     print(f"questions: {len(questions)} (skipped, passage not in this Python: {skipped or 'none'})")
     print()
     print("| mode | recall@5 | MRR@10 | p50 query ms | missed (question ids) |")
@@ -148,6 +190,14 @@ def main() -> int:
     for mode, r in results.items():
         print(f"| {mode} | {r['recall@5']:.3f} | {r['mrr@10']:.3f} | {r['p50_ms']:.1f} | "
               f"{' '.join(map(str, r['missed'])) or '-'} |")  # fmt: skip
+    print()
+    print("weighted RRF (dense 1, lexical w), by half of the question set:")
+    print("| w | recall@5 odd ids | MRR@10 odd ids | recall@5 even ids | MRR@10 even ids |")
+    print("|---|---|---|---|---|")
+    for w, halves in sweep.items():
+        odd, even = halves["odd"], halves["even"]
+        print(f"| {w} | {odd['recall@5']:.3f} | {odd['mrr@10']:.3f} | {even['recall@5']:.3f} | "
+              f"{even['mrr@10']:.3f} |")  # fmt: skip
     return 0
 
 

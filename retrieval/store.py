@@ -76,6 +76,7 @@ class DocumentStore:
         overlap_tokens: int = 32,
         max_file_bytes: int = DEFAULT_MAX_BYTES,
         progress: bool | None = None,
+        hybrid_weights: tuple[float, float] = (1.0, 1.0),
     ):
         from filelock import FileLock
 
@@ -84,6 +85,7 @@ class DocumentStore:
         self.chunk_tokens, self.overlap_tokens = chunk_tokens, overlap_tokens
         self.max_file_bytes = max_file_bytes
         self.progress = progress
+        self.hybrid_weights = hybrid_weights  # RRF weights of (dense, lexical)
         self._lock = threading.RLock()
         self._file_lock = FileLock(str(self.data_dir / "write.lock"))
         self._db = sqlite3.connect(
@@ -508,7 +510,10 @@ class DocumentStore:
             if mode in ("lexical", "hybrid"):
                 scores, ids = self._lexical_index().search(query, depth, allowed)
                 rankings.append(list(zip(ids.tolist(), scores.tolist(), strict=True)))
-        ranked = reciprocal_rank_fusion(rankings) if mode == "hybrid" else rankings[0]
+        if mode == "hybrid":
+            ranked = reciprocal_rank_fusion(rankings, weights=self.hybrid_weights)
+        else:
+            ranked = rankings[0]
         return self._hits(ranked[: k + 8])[:k]  # a few spare in case rows vanished meanwhile
 
     def _dense(self, query: str, depth: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
