@@ -78,6 +78,10 @@ def sdpa_attention(q, k, v, *, causal, kv_lens=None, scale=None, need_lse=False)
     q_len, k_len = q.shape[2], k.shape[2]
     if kv_lens is None and causal and q_len == k_len:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True), None
+    if q.device.type == "cpu" and kv_lens is None and causal and 1 < q_len < k_len:
+        # A prefill chunk at the end of the cache: SDPA would need a (T, S) mask, which it turns
+        # into floats (~10 bytes per key per query); the CPU flash kernel splits it without one.
+        return cpu_flash_attention(q, k, v, causal=True, scale=scale)
     mask = key_mask(q_len, k_len, causal, kv_lens, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     return out, None
