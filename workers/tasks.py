@@ -9,10 +9,13 @@ job that is already final (cancelled while queued, reaped) is left alone.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+import redis
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from workers.celery_app import app, worker_name
 from workers.contracts import (
@@ -27,7 +30,7 @@ from workers.contracts import (
     QARequest,
     SummarizeRequest,
 )
-from workers.runtime import JobContext, Runtime, get_runtime
+from workers.runtime import JobContext, Runtime, get_runtime, until_redis_answers
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +40,54 @@ Handler = Callable[[Runtime, JobContext, Any], Any]
 def run_job(job_id: str, handler: Handler) -> dict[str, str]:
     runtime = get_runtime()
     jobs = runtime.jobs
-    status = jobs.claim(job_id, worker_name())
+    claim = partial(jobs.claim, job_id, worker_name(), holder_is_dead=holder_is_dead)
+    try:
+        status = until_redis_answers(claim, patience_s=30)
+    except redis.exceptions.RedisError as exc:
+        raise Reject(f"Redis away: {exc}", requeue=True) from exc
     if status != "running":
         log.info("job %s not run: %s", job_id, status)
         return {"job": job_id, "status": status}
     job = jobs.get(job_id)
     with JobContext(jobs, job) as ctx:
-        try:
-            result = handler(runtime, ctx, jobs.request_of(job))
-        except SoftTimeLimitExceeded:
-            error = JobError(type="TimeLimitExceeded", message="the job ran past its time limit")
-            jobs.finish(job_id, JobStatus.failed, error=error)
-        except Exception as exc:
-            user_error = bool(getattr(exc, "user_error", False))
-            if not user_error:
-                log.exception("job %s failed", job_id)
-            error = JobError(
-                type=type(exc).__name__,
-                message=str(exc) or type(exc).__name__,
-                user_error=user_error,
-            )
-            jobs.finish(job_id, JobStatus.failed, error=error)
-        else:
-            final = JobStatus.cancelled if ctx.should_stop() else JobStatus.succeeded
-            jobs.finish(job_id, final, result=result)
-    return {"job": job_id, "status": jobs.get(job_id).status.value}
+        outcome = _outcome(runtime, ctx, handler, job)
+    until_redis_answers(lambda: jobs.finish(job_id, outcome[0], **outcome[1]))
+    return {"job": job_id, "status": until_redis_answers(lambda: jobs.get(job_id).status.value)}
+
+
+def _outcome(
+    runtime: Runtime, ctx: JobContext, handler: Handler, job: Any
+) -> tuple[JobStatus, dict[str, Any]]:
+    """Run the handler; the final status and what to store with it."""
+    try:
+        result = handler(runtime, ctx, runtime.jobs.request_of(job))
+    except SoftTimeLimitExceeded:
+        error = JobError(type="TimeLimitExceeded", message="the job ran past its time limit")
+        return JobStatus.failed, {"error": error}
+    except Exception as exc:
+        user_error = bool(getattr(exc, "user_error", False))
+        if not user_error:
+            log.exception("job %s failed", job.id)
+        message = str(exc) or type(exc).__name__
+        return JobStatus.failed, {
+            "error": JobError(type=type(exc).__name__, message=message, user_error=user_error)
+        }
+    return (JobStatus.cancelled if ctx.should_stop() else JobStatus.succeeded), {"result": result}
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True for a pool child on this host that no longer exists (SIGKILL, OOM kill): its job
+    may be taken over at once instead of waiting for its lease to run out."""
+    host, _, pid = holder.rpartition("-")
+    if host != worker_name().rpartition("-")[0] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # ---- handlers: one domain call each ----

@@ -1,0 +1,175 @@
+"""`longctx serve`, `longctx worker`, `longctx up`: the service's processes.
+
+- `serve`: the API under uvicorn (it loads no model).
+- `worker [--queues gpu,cpu]`: a Celery worker; one process per GPU on the gpu queue (the
+  default concurrency is 1), the model loaded once per process right after the fork.
+- `up`: everything on one machine: redis-server if none answers at LONGCTX_REDIS_URL (data
+  kept under the data folder), one worker on both queues, the API; prints the URL when ready
+  and stops what it started on Ctrl-C.
+
+Configuration comes from LONGCTX_* environment variables (see workers/contracts.py, Settings);
+the flags here override the few that differ per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the HTTP API (FastAPI under uvicorn)")
+    _add_http_flags(serve)
+    serve.set_defaults(handler=run_serve)
+
+    worker = subparsers.add_parser(
+        "worker", help="run a Celery worker (model jobs on gpu, ingestion on cpu)"
+    )
+    worker.add_argument(
+        "--queues", default="gpu,cpu", help="comma-separated queues to consume (default: gpu,cpu)"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=1, help="worker processes (one per GPU; default 1)"
+    )
+    worker.add_argument(
+        "--name", default=None, help="worker node name (default: longctx-<queues>@<host>)"
+    )
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=run_worker)
+
+    up = subparsers.add_parser(
+        "up", help="Redis (if none answers), a worker and the API on this machine"
+    )
+    _add_http_flags(up, default_host="127.0.0.1")
+    up.add_argument("--queues", default="gpu,cpu", help="queues of the worker it starts")
+    up.set_defaults(handler=run_up)
+
+
+def _add_http_flags(parser: argparse.ArgumentParser, default_host: str = "0.0.0.0") -> None:
+    parser.add_argument(
+        "--host", default=default_host, help=f"address to listen on (default {default_host})"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from longctx.cli import CliError
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = sorted(set(queues) - {"gpu", "cpu"})
+    if not queues or unknown:
+        raise CliError(
+            f"unknown queue(s) {', '.join(unknown) or '(none)'}; use gpu, cpu or gpu,cpu"
+        )
+    if "gpu" in queues:
+        os.environ.setdefault("LONGCTX_WARMUP", "1")  # load the model right after each fork
+    from workers.celery_app import app
+
+    name = args.name or f"longctx-{'-'.join(queues)}@%h"
+    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(args.concurrency), "-P", "prefork",
+                     "-n", name, "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])  # fmt: skip
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    import redis
+
+    from workers.contracts import get_settings
+
+    settings = get_settings()
+    started: list[subprocess.Popen] = []
+    try:
+        if not _redis_answers(settings.redis_url):
+            started.append(_start_redis(settings.redis_url, Path(settings.data_dir) / "redis"))
+        worker_cmd = [sys.executable, "-m", "longctx.cli", "worker", "--queues", args.queues]
+        started.append(subprocess.Popen(worker_cmd))
+        url = f"http://{args.host}:{args.port}"
+        threading.Thread(target=_announce_when_ready, args=(url, started), daemon=True).start()
+        run_serve(args)
+    except redis.exceptions.RedisError as exc:
+        from longctx.cli import CliError
+
+        raise CliError(f"Redis: {exc}") from exc
+    finally:
+        for process in reversed(started):
+            _stop(process)
+    return 0
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+def _start_redis(url: str, folder: Path) -> subprocess.Popen:
+    from longctx.cli import CliError
+
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise CliError(f"no Redis answers at {url}, and it is not on this machine to start")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise CliError(f"no Redis answers at {url} and redis-server is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [binary, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1", "--dir", str(folder),
+           "--appendonly", "yes"]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not _redis_answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise CliError(f"redis-server did not start on port {parsed.port or 6379}")
+        time.sleep(0.1)
+    print(f"started redis-server on port {parsed.port or 6379} (data in {folder})", flush=True)
+    return process
+
+
+def _announce_when_ready(url: str, started: list[subprocess.Popen]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                print(f"longctx is ready at {url} (OpenAPI docs at {url}/docs)", flush=True)
+                return
+        except httpx.HTTPError:
+            pass
+        if any(p.poll() is not None for p in started):
+            print(
+                "longctx: a process it started has exited; see the messages above",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        time.sleep(0.5)
+    print("longctx: not ready after 300 s", file=sys.stderr, flush=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
