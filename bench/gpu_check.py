@@ -46,27 +46,27 @@ def _bind(attend, q, k, v, kv_lens, need_lse):
     return lambda: attend(q, k, v, causal=True, kv_lens=kv_lens, need_lse=need_lse)
 
 
-def compare_backends(backends: list[str]) -> list[dict]:
-    """Each backend against eager (float32) on 7B attention shapes in bf16."""
+def compare_backends(backends: list[str], device: str = "cuda", keys: int = 32768) -> list[dict]:
+    """Each backend against the float32 reference on 7B attention shapes in bf16."""
     size = KNOWN_SIZES["7B"]
     heads, kv_heads, dim = size.num_attention_heads, size.num_key_value_heads, size.head_dim
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     cases = {
-        "prefill chunk 2048 at the end of 32768": (1, 2048, 32768, None),
-        "decode 8 rows, lengths 1..32768": (8, 1, 32768, torch.linspace(1, 32768, 8).long()),
+        f"prefill chunk 2048 at the end of {keys}": (1, 2048, keys, None),
+        f"decode 8 rows, lengths 1..{keys}": (8, 1, keys, torch.linspace(1, keys, 8).long()),
     }
     rows = []
     for case, (batch, q_len, k_len, lens) in cases.items():
         q = torch.randn(
-            batch, heads, q_len, dim, device="cuda", generator=gen, dtype=torch.bfloat16
+            batch, heads, q_len, dim, device=device, generator=gen, dtype=torch.bfloat16
         )
         k = torch.randn(
-            batch, kv_heads, k_len, dim, device="cuda", generator=gen, dtype=torch.bfloat16
+            batch, kv_heads, k_len, dim, device=device, generator=gen, dtype=torch.bfloat16
         )
         v = torch.randn(
-            batch, kv_heads, k_len, dim, device="cuda", generator=gen, dtype=torch.bfloat16
+            batch, kv_heads, k_len, dim, device=device, generator=gen, dtype=torch.bfloat16
         )
-        kv_lens = None if lens is None else lens.cuda()
+        kv_lens = None if lens is None else lens.to(device)
         ref, ref_lse = ATTENTION["sdpa"](
             q.float(), k.float(), v.float(), causal=True, kv_lens=kv_lens, need_lse=True
         )
@@ -170,6 +170,9 @@ def main() -> int:
     )
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument(
+        "--compare-keys", type=int, default=32768, help="cache length of the backend comparison"
+    )
+    parser.add_argument(
         "--size", default="7B", choices=sorted(KNOWN_SIZES), help="model shape (default 7B)"
     )
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke run of this script")
@@ -186,7 +189,7 @@ def main() -> int:
     }
     print(json.dumps(report), flush=True)
     if not args.skip_compare:
-        report["backends"] = compare_backends(backends)
+        report["backends"] = compare_backends(backends, args.device, args.compare_keys)
     report["dca_prefill"] = dca_prefill(
         args.tokens, default_backend(args.device), args.prefill_chunk, args.size, args.device
     )
