@@ -89,7 +89,7 @@ def compare_backends(backends: list[str], device: str = "cuda", keys: int = 3276
 
 
 def random_model(size: str, device: str):
-    """A Qwen2-shaped model (KNOWN_SIZES[size]) with random bf16 weights (std 0.02), built in place."""
+    """A Qwen2-shaped model (KNOWN_SIZES[size]), random bf16 weights (std 0.02), built in place."""
     from model_core.model import Qwen2ForCausalLM
 
     config = KNOWN_SIZES[size]
