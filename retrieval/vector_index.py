@@ -10,13 +10,19 @@ k-means needs data; the store rebuilds it as IVF once the collection has grown.
 The vectors' source of truth is SQLite (store.py), so every index here is a cache that can be
 rebuilt; files are written to a temporary name, fsynced, then `os.replace`d into place.
 Vectors are unit-length, so inner product is cosine similarity.
+
+Threads: a single query is searched on one OpenMP thread. FAISS's fork/join costs more than it
+saves for one query, and on a shared, busy machine much more: a flat search over 30k x 384 took
+61 ms with 2 threads and 3 ms with 1 (bench/retrieval.py has the 100k numbers). The thread count
+is process-wide in FAISS, so it is set for the call and restored after it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -104,8 +110,23 @@ def search(
         params = faiss.SearchParameters(sel=selector)
     if index.ntotal == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    scores, ids = index.search(queries, k, params=params)
+    with omp_threads(1 if len(queries) == 1 else None):
+        scores, ids = index.search(queries, k, params=params)
     return scores, ids
+
+
+@contextmanager
+def omp_threads(n: int | None) -> Iterator[None]:
+    """Run the block with FAISS using `n` OpenMP threads (None: leave it as it is)."""
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
