@@ -55,7 +55,7 @@ FILLER = [  # no digits, no "is ", no "key": the key sentence is the only match 
     "Stars shine over the hills.",
 ]
 LENGTH_MULTIPLES = (1, 2, 4, 8)
-MODES = ("none", "yarn", "dca")
+MODES = ("none", "yarn", "dca", "dca_no_temp")  # the last: DCA without its temperature
 DEFAULT_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "passkey"
 
 
@@ -129,7 +129,7 @@ class TrainSettings:
     warmup: int = 100
     lm_weight: float = 0.1
     minutes: float = 20.0
-    max_steps: int = 100_000
+    max_steps: int = 0  # 0: stop at `minutes`; else a step budget (reproducible schedule)
     seed: int = 0
     threads: int = 2
 
@@ -210,11 +210,12 @@ def train(s: TrainSettings, out: Path) -> dict:
     budget = s.minutes * 60
     start = time.monotonic()
     step, log = 0, []
-    while step < s.max_steps:
+    while not s.max_steps or step < s.max_steps:
         elapsed = time.monotonic() - start
         if elapsed > budget:
             break
-        progress = elapsed / budget  # cosine decay over wall-clock time, after a step warmup
+        # cosine decay over the step budget, else over wall-clock time; after a step warmup
+        progress = step / s.max_steps if s.max_steps else elapsed / budget
         lr = (
             s.lr
             * min(1.0, (step + 1) / s.warmup)
@@ -270,26 +271,29 @@ def load_passkey_engine(checkpoint: Path, mode: str, length: int, train_len: int
     from model_core import load_engine
 
     factor = max(1.0, length / train_len)
-    options = {
-        "none": None,
-        "yarn": {"factor": factor, "original_max_position_embeddings": train_len},
-        "dca": {
-            "chunk_size": train_len,
-            "local_size": train_len // 8,
-            "original_max_position_embeddings": train_len,
-        },
+    dca = {"chunk_size": train_len, "local_size": train_len // 8}
+    long_context, options = {
+        "none": ("none", None),
+        "yarn": ("yarn", {"factor": factor, "original_max_position_embeddings": train_len}),
+        "dca": ("dca", {**dca, "original_max_position_embeddings": train_len}),
+        "dca_no_temp": ("dca", {**dca, "original_max_position_embeddings": 0}),
     }[mode]
-    engine = load_engine(checkpoint, long_context=mode, long_context_options=options)
+    engine = load_engine(checkpoint, long_context=long_context, long_context_options=options)
     engine.window = max(engine.window, length + 1)  # plain RoPE past its window is the point
     return engine
+
+
+def trial_samples(length: int, trials: int, seed: int) -> list[Sample]:
+    """The seeded samples of one cell; every mode gets the same ones."""
+    rng = random.Random(seed * 1_000_003 + length)
+    return [make_sample(rng, length) for _ in range(trials)]
 
 
 def run_trials(engine, length: int, trials: int, seed: int, batch: int = 10) -> list[bool]:
     """Greedy answers to `trials` seeded samples of `length` tokens; exact match per trial."""
     from model_core import SamplingParams
 
-    rng = random.Random(seed * 1_000_003 + length)
-    samples = [make_sample(rng, length) for _ in range(trials)]
+    samples = trial_samples(length, trials, seed)
     params = SamplingParams(max_new_tokens=KEY_DIGITS + 1, temperature=0.0, stop_token_ids=[EOS])
     hits = []
     for i in range(0, trials, batch):
@@ -297,6 +301,15 @@ def run_trials(engine, length: int, trials: int, seed: int, batch: int = 10) -> 
         outs = engine.generate([s.prompt for s in group], params)
         hits += [decode_digits(o.token_ids) == s.key for o, s in zip(outs, group, strict=True)]
     return hits
+
+
+def by_depth(samples: list[Sample], hits: list[bool], buckets: int = 4) -> list[float | None]:
+    """Exact match per depth bucket of the key sentence (first quarter of the prompt, ...)."""
+    out = []
+    for b in range(buckets):
+        inside = [h for s, h in zip(samples, hits, strict=True) if b <= s.depth * buckets < b + 1]
+        out.append(round(sum(inside) / len(inside), 2) if inside else None)
+    return out
 
 
 def train_len_of(checkpoint: Path) -> int:
@@ -310,12 +323,14 @@ def evaluate(
     multiples=LENGTH_MULTIPLES,
     modes=MODES,
     threads: int = 2,
-) -> dict[str, dict[int, float]]:
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, list]]]:
+    """(accuracy[mode][multiple], accuracy by depth quarter[mode][multiple])."""
     torch.set_num_threads(threads)
     train_len = train_len_of(checkpoint)
     table: dict[str, dict[int, float]] = {}
+    depths: dict[str, dict[int, list]] = {}
     for mode in modes:
-        table[mode] = {}
+        table[mode], depths[mode] = {}, {}
         for m in multiples:
             length = m * train_len
             started = time.monotonic()
@@ -323,15 +338,16 @@ def evaluate(
                 engine = load_passkey_engine(checkpoint, mode, length, train_len)
                 hits = run_trials(engine, length, trials, seed)
                 table[mode][m] = sum(hits) / len(hits)
+                depths[mode][m] = by_depth(trial_samples(length, trials, seed), hits)
             except Exception as exc:  # report a mode that does not run rather than hide it
                 print(f"{mode} at {m}x failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 table[mode][m] = float("nan")
             print(
-                f"{mode:>4} {m}x ({length} tokens): {table[mode][m]:.2f} "
-                f"[{time.monotonic() - started:.0f}s]",
+                f"{mode:>11} {m}x ({length} tokens): {table[mode][m]:.2f} "
+                f"by depth quarter {depths[mode].get(m)} [{time.monotonic() - started:.0f}s]",
                 flush=True,
             )
-    return table
+    return table, depths
 
 
 def markdown_table(table: dict[str, dict[int, float]], train_len: int, trials: int) -> str:
@@ -340,6 +356,7 @@ def markdown_table(table: dict[str, dict[int, float]], train_len: int, trials: i
         "none": "plain RoPE",
         "yarn": "YaRN (static, factor = L / train)",
         "dca": "DCA + temperature",
+        "dca_no_temp": "DCA, no temperature",
     }
     head = "| method | " + " | ".join(f"{m}x ({m * train_len})" for m in multiples) + " |"
     rule = "|---|" + "---|" * len(multiples)
@@ -378,12 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = TrainSettings(**{k: getattr(args, k) for k in asdict(defaults)})
         train(settings, args.out)
         return 0
-    table = evaluate(
+    table, depths = evaluate(
         args.checkpoint, args.trials, args.seed, args.multiples, args.modes, args.threads
     )
     print(markdown_table(table, train_len_of(args.checkpoint), args.trials))
     if args.json:
-        args.json.write_text(json.dumps(table, indent=2) + "\n")
+        report = {"accuracy": table, "by_depth_quarter": depths, "trials": args.trials}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
