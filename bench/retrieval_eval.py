@@ -5,9 +5,12 @@ of the running Python, one document per module, written to .txt files and ingest
 DocumentStore (so chunking and embedding are the product's own). None of it was written for this
 test. Questions: bench/data/retrieval_questions.json: 44 "paraphrase" questions phrased the way a
 user asks (avoiding the passage's words), and, reported apart, 12 "keyword" questions where the
-user pastes an identifier or exception name; each with the passage that answers it. A hit is relevant when its character span covers at least
-half of an occurrence of that passage in the module's document. A question whose passage is
-missing from this Python's docstrings is reported and skipped.
+user pastes an identifier or exception name; each with the passage that answers it. A hit is
+relevant when its character span covers at least half of an occurrence of that passage in the
+module's document. A question whose passage is missing from this Python's docstrings is reported
+and skipped. Hybrid is measured with the default fusion (RRF) and with relative score fusion at
+its published default weights; a sweep of RRF weights is scored on the odd and even question ids
+separately, so a weight picked on one half can be checked on the other.
 
     python bench/retrieval_eval.py [--chunk-tokens 200] [--json]
 """
@@ -37,7 +40,6 @@ MODULES = (
     "pprint queue random sched secrets shlex shutil sqlite3 statistics string subprocess "
     "tarfile tempfile textwrap timeit uuid weakref zipfile"
 ).split()
-MODES = ("lexical", "dense", "hybrid")
 
 
 def module_text(name: str) -> str:
@@ -77,7 +79,7 @@ def first_relevant_rank(hits, q, documents) -> int | None:
 def fusion_sweep(store, questions, documents, lexical_weights=(0.25, 0.5, 0.75, 1.0)) -> dict:
     """Weighted RRF (dense weight 1, lexical weight w) on the same top-50 lists the store fuses,
     scored separately on odd and even question ids (pick on one half, check on the other)."""
-    from retrieval.fusion import reciprocal_rank_fusion
+    from retrieval.fusion import reciprocal_rank_fusion as rrf
 
     lists = []
     for q in questions:
@@ -89,9 +91,9 @@ def fusion_sweep(store, questions, documents, lexical_weights=(0.25, 0.5, 0.75, 
         halves = {"odd": [0, 0.0, 0], "even": [0, 0.0, 0]}
         for q, dense, lexical in lists:
             by_id = {h.chunk_id: h for h in dense + lexical}
-            fused = reciprocal_rank_fusion(
+            fused = rrf(
                 [[(h.chunk_id, h.score) for h in dense], [(h.chunk_id, h.score) for h in lexical]],
-                weights=(1.0, w),
+                (1.0, w),
             )
             hits = [by_id[i] for i, _ in fused[:10]]
             rank = first_relevant_rank(hits, q, documents)
@@ -105,14 +107,15 @@ def fusion_sweep(store, questions, documents, lexical_weights=(0.25, 0.5, 0.75, 
     return sweep
 
 
-def evaluate(store, questions, documents, k_recall=5, k_mrr=10) -> dict:
-    """Per question kind ("paraphrase", "keyword", "all") and mode: recall@5, MRR@10, misses."""
-    ranks: dict[str, dict[int, int | None]] = {mode: {} for mode in MODES}
-    latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for mode in MODES:
+def evaluate(runs: dict, questions, documents, k_recall=5, k_mrr=10) -> dict:
+    """Per question kind ("paraphrase", "keyword", "all") and run (label -> (store, mode)):
+    recall@5, MRR@10, p50 latency and the ids of the questions missed."""
+    ranks: dict[str, dict[int, int | None]] = {label: {} for label in runs}
+    latencies: dict[str, list[float]] = {label: [] for label in runs}
+    for mode, (store, search_mode) in runs.items():
         for q in questions:
             t0 = time.perf_counter()
-            hits = store.search(q["question"], k=k_mrr, mode=mode)
+            hits = store.search(q["question"], k=k_mrr, mode=search_mode)
             latencies[mode].append(time.perf_counter() - t0)
             ranks[mode][q["id"]] = first_relevant_rank(hits, q, documents)
     results = {}
@@ -121,7 +124,7 @@ def evaluate(store, questions, documents, k_recall=5, k_mrr=10) -> dict:
         if not group:
             continue
         results[kind] = {}
-        for mode in MODES:
+        for mode in runs:
             firsts = [ranks[mode][i] for i in group]
             results[kind][mode] = {
                 "questions": len(group),
@@ -166,9 +169,18 @@ def main() -> int:
         documents = {Path(i.source).stem: i.id for i in infos}
         n_chunks = sum(i.n_chunks for i in infos)
         store.search("warm up", k=1, mode="hybrid")
-        results = evaluate(store, questions, documents)
+        relative = DocumentStore(Path(tmp) / "store", hybrid_fusion="relative")
+        relative._embedder_obj = store.embedder  # same model, loaded once
+        runs = {
+            "lexical (BM25)": (store, "lexical"),
+            "dense (MiniLM)": (store, "dense"),
+            "hybrid, RRF (default)": (store, "hybrid"),
+            "hybrid, relative score 0.75/0.25": (relative, "hybrid"),
+        }
+        results = evaluate(runs, questions, documents)
         sweep = fusion_sweep(store, questions, documents)
         store.close()
+        relative.close()
 
     summary = {
         "python": sys.version.split()[0],

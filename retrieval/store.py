@@ -44,7 +44,7 @@ from retrieval.errors import (
     StoreConfigError,
     UnknownDocumentError,
 )
-from retrieval.fusion import reciprocal_rank_fusion
+from retrieval.fusion import DEFAULT_WEIGHTS, FUSIONS
 from retrieval.lexical import LexicalIndex
 from retrieval.loaders import DEFAULT_MAX_BYTES, load_bytes, read_file_bytes
 from retrieval.records import (
@@ -76,7 +76,8 @@ class DocumentStore:
         overlap_tokens: int = 32,
         max_file_bytes: int = DEFAULT_MAX_BYTES,
         progress: bool | None = None,
-        hybrid_weights: tuple[float, float] = (1.0, 1.0),
+        hybrid_fusion: str = "rrf",
+        hybrid_weights: tuple[float, float] | None = None,
     ):
         from filelock import FileLock
 
@@ -85,7 +86,10 @@ class DocumentStore:
         self.chunk_tokens, self.overlap_tokens = chunk_tokens, overlap_tokens
         self.max_file_bytes = max_file_bytes
         self.progress = progress
-        self.hybrid_weights = hybrid_weights  # RRF weights of (dense, lexical)
+        if hybrid_fusion not in FUSIONS:
+            raise StoreConfigError(f"unknown fusion {hybrid_fusion!r}; one of {sorted(FUSIONS)}")
+        self.hybrid_fusion = hybrid_fusion  # how hybrid search merges dense and lexical
+        self.hybrid_weights = hybrid_weights or DEFAULT_WEIGHTS[hybrid_fusion]  # (dense, lexical)
         self._lock = threading.RLock()
         self._file_lock = FileLock(str(self.data_dir / "write.lock"))
         self._db = sqlite3.connect(
@@ -192,7 +196,7 @@ class DocumentStore:
                     results[i] = info
             pending.clear()
 
-        for i, path in enumerate(paths):
+        for i, path in enumerate(self._file_progress(paths)):
             try:
                 data = read_file_bytes(Path(path), self.max_file_bytes)
                 location = str(Path(path).resolve())
@@ -212,6 +216,19 @@ class DocumentStore:
         if pending:
             flush()
         return results
+
+    def _file_progress(self, paths: list) -> Iterable:
+        """A tqdm bar over files for large ingests (asked for, or 20+ files on a terminal)."""
+        import sys
+
+        show = self.progress
+        if show is None:
+            show = len(paths) >= 20 and sys.stderr.isatty()
+        if not show:
+            return paths
+        from tqdm import tqdm
+
+        return tqdm(paths, desc="ingest", unit="file")
 
     def add_text(
         self,
@@ -511,7 +528,7 @@ class DocumentStore:
                 scores, ids = self._lexical_index().search(query, depth, allowed)
                 rankings.append(list(zip(ids.tolist(), scores.tolist(), strict=True)))
         if mode == "hybrid":
-            ranked = reciprocal_rank_fusion(rankings, weights=self.hybrid_weights)
+            ranked = FUSIONS[self.hybrid_fusion](rankings, self.hybrid_weights)
         else:
             ranked = rankings[0]
         return self._hits(ranked[: k + 8])[:k]  # a few spare in case rows vanished meanwhile

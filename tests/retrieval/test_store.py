@@ -160,3 +160,14 @@ def test_a_store_refuses_another_embedder(make_store, tmp_path):
 
     with pytest.raises(StoreConfigError, match="built with embedder 'all-MiniLM-L6-v2'"):
         DocumentStore(tmp_path / "store", "some/other-model")
+
+
+def test_relative_score_fusion_is_a_setting(make_store, files):
+    store = make_store(hybrid_fusion="relative")
+    for path in files.values():
+        store.add_file(path)
+    hits = store.search("why do some mountains explode", k=3)
+    assert sources(hits)[0] == "volcano.txt"
+    assert all(0.0 <= h.score <= 1.0 for h in hits)
+    with pytest.raises(StoreConfigError, match="unknown fusion 'max'"):
+        make_store(hybrid_fusion="max")
