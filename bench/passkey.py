@@ -266,12 +266,23 @@ def train(s: TrainSettings, out: Path) -> dict:
 # --- evaluation -----------------------------------------------------------------------------
 
 
-def load_passkey_engine(checkpoint: Path, mode: str, length: int, train_len: int):
-    """Our Engine for `mode` at prompt+answer `length`; the window is opened to `length`."""
+def load_passkey_engine(
+    checkpoint: Path,
+    mode: str,
+    length: int,
+    train_len: int,
+    chunk_size: int | None = None,
+    local_size: int | None = None,
+):
+    """Our Engine for `mode` at prompt+answer `length`; the window is opened to `length`.
+
+    DCA sizes default to chunk_size = train_len, local_size = chunk_size / 8.
+    """
     from model_core import load_engine
 
     factor = max(1.0, length / train_len)
-    dca = {"chunk_size": train_len, "local_size": train_len // 8}
+    chunk_size = chunk_size or train_len
+    dca = {"chunk_size": chunk_size, "local_size": local_size or chunk_size // 8}
     long_context, options = {
         "none": ("none", None),
         "yarn": ("yarn", {"factor": factor, "original_max_position_embeddings": train_len}),
@@ -323,6 +334,8 @@ def evaluate(
     multiples=LENGTH_MULTIPLES,
     modes=MODES,
     threads: int = 2,
+    chunk_size: int | None = None,
+    local_size: int | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, list]]]:
     """(accuracy[mode][multiple], accuracy by depth quarter[mode][multiple])."""
     torch.set_num_threads(threads)
@@ -335,7 +348,9 @@ def evaluate(
             length = m * train_len
             started = time.monotonic()
             try:
-                engine = load_passkey_engine(checkpoint, mode, length, train_len)
+                engine = load_passkey_engine(
+                    checkpoint, mode, length, train_len, chunk_size, local_size
+                )
                 hits = run_trials(engine, length, trials, seed)
                 table[mode][m] = sum(hits) / len(hits)
                 depths[mode][m] = by_depth(trial_samples(length, trials, seed), hits)
@@ -389,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--multiples", type=int, nargs="+", default=list(LENGTH_MULTIPLES))
     e.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--chunk-size", type=int, help="DCA chunk_size (default: the training length)")
+    e.add_argument("--local-size", type=int, help="DCA local_size (default: chunk_size / 8)")
     e.add_argument("--json", type=Path, help="write the table as JSON here")
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -396,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         train(settings, args.out)
         return 0
     table, depths = evaluate(
-        args.checkpoint, args.trials, args.seed, args.multiples, args.modes, args.threads
+        args.checkpoint,
+        args.trials,
+        args.seed,
+        args.multiples,
+        args.modes,
+        args.threads,
+        args.chunk_size,
+        args.local_size,
     )
     print(markdown_table(table, train_len_of(args.checkpoint), args.trials))
     if args.json:
