@@ -15,7 +15,8 @@
   temperature is the "YaRN" part); other rope types are kept. Window: 131,072 or the option.
 
 Options (None values are ignored, so a command line can pass every flag):
-`factor` (yarn), `chunk_size`, `local_size` (dca), `original_max_position_embeddings`, `window`.
+`factor` (yarn), `chunk_size`, `local_size` (dca), `original_max_position_embeddings` (yarn,
+dca), `window` (all modes; with "none" it lets plain RoPE run past the trained length).
 The returned config's `max_position_embeddings` is the window (CONTRACTS.md: it is the window).
 """
 
@@ -31,7 +32,7 @@ from model_core.errors import ModelError
 
 DEFAULT_WINDOW = 131072
 OPTIONS = {
-    "none": set(),
+    "none": {"window"},
     "yarn": {"factor", "original_max_position_embeddings", "window"},
     "dca": {"chunk_size", "local_size", "original_max_position_embeddings", "window"},
 }
@@ -82,7 +83,8 @@ def _from_checkpoint(config: ModelConfig) -> str:
 
 
 def _none(config: ModelConfig, runtime: RuntimeOptions, options: dict) -> tuple:
-    return config, runtime, config.max_position_embeddings
+    """Plain RoPE; a `window` past the trained length lets experiments measure extrapolation."""
+    return config, runtime, int(options.get("window") or config.max_position_embeddings)
 
 
 def trained_length(config: ModelConfig) -> int:

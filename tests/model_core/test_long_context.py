@@ -138,3 +138,11 @@ def test_batched_dca_generation_equals_each_prompt_alone(dense_checkpoint):
         assert together.token_ids == engine.generate([prompt], params)[0].token_ids, (
             f"prompt of {len(prompt)} tokens differs in a batch"
         )
+
+
+def test_plain_rope_window_can_be_widened_for_extrapolation_experiments(dense_checkpoint):
+    engine = load_engine(
+        dense_checkpoint[0], long_context="none", long_context_options={"window": 2048}
+    )
+    assert engine.runtime.mode == "plain" and engine.window == 2048
+    assert engine.config.rope_scaling is None
