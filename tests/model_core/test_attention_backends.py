@@ -117,3 +117,97 @@ def test_blocked_eager_fallback_matches_eager(case):
     assert (got - want).abs().max().item() < 1e-6
     assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse))
     assert (lse - want_lse).nan_to_num(0.0).abs().max().item() < 1e-5
+
+
+@pytest.fixture
+def fake_flash_attn(monkeypatch):
+    """A flash_attn module with flash-attn 2's calling conventions (B, T, H, D), computed by eager.
+
+    It checks our wrapper's layout, argument names and LSE handling on machines without CUDA;
+    the real kernels are compared by the CUDA cases above (bench/gpu_check.sh).
+    """
+    import sys
+    import types
+
+    def to_heads(t):
+        return t.transpose(1, 2)  # (B, T, H, D) -> (B, H, T, D)
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False, return_attn_probs=False):
+        out, lse = eager_attention(
+            to_heads(q), to_heads(k), to_heads(v), causal=causal, scale=softmax_scale, need_lse=True
+        )
+        return (to_heads(out), lse, None) if return_attn_probs else to_heads(out)
+
+    def flash_attn_with_kvcache(
+        q,
+        k_cache,
+        v_cache,
+        cache_seqlens=None,
+        softmax_scale=None,
+        causal=False,
+        return_softmax_lse=False,
+    ):
+        assert cache_seqlens.dtype == torch.int32
+        out, lse = eager_attention(
+            to_heads(q),
+            to_heads(k_cache),
+            to_heads(v_cache),
+            causal=causal,
+            kv_lens=cache_seqlens.long(),
+            scale=softmax_scale,
+            need_lse=True,
+        )
+        return (to_heads(out), lse) if return_softmax_lse else to_heads(out)
+
+    module = types.SimpleNamespace(
+        flash_attn_func=flash_attn_func, flash_attn_with_kvcache=flash_attn_with_kvcache
+    )
+    monkeypatch.setitem(sys.modules, "flash_attn", module)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_flash_wrapper_converts_layouts_and_lse(fake_flash_attn, case):
+    from model_core.attention import flash_attention
+
+    q_len, k_len, causal, lens = CASES[case]
+    q, k, v = inputs(q_len, k_len, "cpu", torch.bfloat16)
+    kv_lens = None if lens is None else torch.tensor(lens)
+    want, want_lse = eager_attention(
+        q.float(), k.float(), v.float(), causal=causal, kv_lens=kv_lens, need_lse=True
+    )
+    got, lse = flash_attention(q, k, v, causal=causal, kv_lens=kv_lens, need_lse=True)
+    assert got.shape == want.shape and got.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    assert (got.float() - want).abs().max().item() < 2e-2
+    assert (lse - want_lse).nan_to_num(0.0).abs().max().item() < 2e-2
+
+
+def test_dca_prefill_and_decode_through_the_flash_wrapper(fake_flash_attn, monkeypatch):
+    from model_core.attention import flash_attention
+    from model_core.config import ModelConfig
+    from model_core.model import KVCache
+
+    monkeypatch.setitem(ATTENTION, "flash", flash_attention)
+    opts = DcaOptions(chunk_size=12, local_size=4, original_max_position_embeddings=16)
+    q, k, v = random_qkv(4 * opts.chunk_len + 3, seed=9, dtype=torch.float64)
+    want = dense_oracle(q, k, v, opts, rope().inv_freq)
+    config = ModelConfig(num_hidden_layers=1, num_key_value_heads=2, head_dim=8)
+    cache = KVCache(config, 1, q.shape[2], torch.bfloat16, "cpu")
+    seq_len, prompt = torch.tensor([q.shape[2]]), q.shape[2] - 4
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    outs = []
+    for start, stop in [(0, 13), (13, prompt)] + [(p, p + 1) for p in range(prompt, q.shape[2])]:
+        ctx = ForwardContext(
+            positions=torch.arange(start, stop)[None],
+            cache=cache,
+            backend="flash",
+            mode="dca",
+            mode_options=vars(opts).copy(),
+            seq_lens=seq_len,
+        )
+        outs.append(
+            dca_attention(
+                q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop], ctx, 0, rope()
+            )
+        )
+    err = (torch.cat(outs, dim=2).double() - want).abs().max().item()
+    assert err < 5e-2, f"DCA through the flash wrapper is off the oracle by {err:.2e}"
