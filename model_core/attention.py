@@ -170,6 +170,7 @@ def flash_attention(q, k, v, *, causal, kv_lens=None, scale=None, need_lse=False
     out, lse = (result[0], result[1]) if need_lse else (result, None)
     if lse is not None:
         lse = lse[..., :q_len].float()  # (B, H, T); older releases pad T
+        lse = lse.masked_fill(torch.isposinf(lse), float("-inf"))  # flash-attn: +inf for a query with no key
         if kv_lens is not None:
             lse = lse.masked_fill((kv_lens == 0)[:, None, None], float("-inf"))
     return out.transpose(1, 2), lse
