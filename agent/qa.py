@@ -28,7 +28,7 @@ SYSTEM_PROMPT = (
     "you do not know."
 )
 _WORD = re.compile(r"[A-Za-z0-9]+")
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)", re.M)
+_SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+(?=\s|$)|$)", re.M)  # "2.0" does not end one
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _STOPWORDS = frozenset(
     "a an and are as at be by did do does for from has have how in is it its of on or that the "
@@ -50,17 +50,13 @@ class Source:
     start: int
     end: int
     page: int | None
-    chunk: int | None = None
+    chunk: int | None  # None when the whole document is the source
 
 
 @dataclass
-class QACitation:
-    number: int
-    document: str
-    source: str
-    start: int
-    end: int
-    page: int | None
+class QACitation(Source):
+    """A cited span: `quote` is the document's text at [start, end)."""
+
     quote: str
     attributed: str  # "model": the model wrote [n]; "overlap": chosen by word overlap
 
@@ -214,6 +210,7 @@ def _narrow(
         start,
         start + len(quote),
         source.page,
+        source.chunk,
         quote,
         how,
     )

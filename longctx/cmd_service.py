@@ -6,6 +6,8 @@
 - `up`: everything on one machine: redis-server if none answers at LONGCTX_REDIS_URL (data
   kept under the data folder), one worker on both queues, the API; prints the URL when ready
   and stops what it started on Ctrl-C.
+- `demo`: a client of a running service: uploads documents (by default the license texts in
+  /usr/share/common-licenses), asks a question, prints the answer with its citations.
 
 Configuration comes from LONGCTX_* environment variables (see workers/contracts.py, Settings);
 the flags here override the few that differ per process.
@@ -50,6 +52,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_http_flags(up, default_host="127.0.0.1")
     up.add_argument("--queues", default="gpu,cpu", help="queues of the worker it starts")
     up.set_defaults(handler=run_up)
+
+    demo = subparsers.add_parser(
+        "demo", help="upload documents to a running service, ask a question, print the cited answer"
+    )
+    demo.add_argument(
+        "files",
+        nargs="*",
+        help="txt/md/html/pdf files (default: license texts found on this machine)",
+    )
+    demo.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)"
+    )
+    demo.add_argument("--question", default=DEMO_QUESTION)
+    demo.add_argument(
+        "--mode",
+        default="rag",
+        choices=("auto", "stuff", "rag"),
+        help="rag (default: quick on a CPU), or auto/stuff to give the model whole documents",
+    )
+    demo.add_argument(
+        "--api-key",
+        default=os.environ.get("LONGCTX_API_KEY"),
+        help="bearer key, if the service wants one",
+    )
+    demo.set_defaults(handler=run_demo)
 
 
 def _add_http_flags(parser: argparse.ArgumentParser, default_host: str = "0.0.0.0") -> None:
@@ -110,6 +137,79 @@ def run_up(args: argparse.Namespace) -> int:
         for process in reversed(started):
             _stop(process)
     return 0
+
+
+DEMO_QUESTION = (
+    "Under the Apache License, what must you give recipients when you redistribute the Work?"
+)
+DEMO_FILES = ("Apache-2.0", "MPL-2.0", "BSD", "CC0-1.0")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import httpx
+
+    from longctx.cli import CliError
+
+    files = [Path(f) for f in args.files] or _demo_files()
+    if not files:
+        raise CliError("no files given and no license texts found under /usr/share/common-licenses")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url, headers=headers, timeout=600) as client:
+        ids = []
+        for path in files:
+            known = path.suffix.lower() in (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
+            name = path.name if known else path.name + ".txt"
+            reply = client.post("/v1/documents", files={"file": (name, path.read_bytes())})
+            document = _wait(client, _accepted(reply))["result"]["document"]
+            print(f"ingested {name}: {document['chunks']} chunks ({document['id']})")
+            ids.append(document["id"])
+        print(f"\nQ: {args.question}")
+        reply = client.post(
+            "/v1/qa",
+            json={
+                "question": args.question,
+                "document_ids": ids,
+                "mode": args.mode,
+                "top_k": 4,
+                "max_new_tokens": 96,
+            },
+        )
+        answer = _wait(client, _accepted(reply))["result"]
+    print(
+        f"A: {answer['answer']}\n   (context: {answer['mode']}, {answer['context_tokens']} tokens)"
+    )
+    for citation in answer["citations"]:
+        print(
+            f'[{citation["number"]}] {citation["source"]} chars {citation["start"]}-{citation["end"]}: "{citation["quote"]}"'
+        )
+    return 0
+
+
+def _demo_files() -> list[Path]:
+    folder = Path("/usr/share/common-licenses")
+    return [folder / name for name in DEMO_FILES if (folder / name).is_file()]
+
+
+def _accepted(reply) -> str:
+    from longctx.cli import CliError
+
+    if reply.status_code != 202:
+        raise CliError(f"{reply.request.url.path}: {reply.status_code} {reply.text[:300]}")
+    return reply.json()["id"]
+
+
+def _wait(client, job_id: str) -> dict:
+    from longctx.cli import CliError
+
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "succeeded":
+            return job
+        if job["status"] in ("failed", "cancelled"):
+            raise CliError(
+                f"job {job_id} {job['status']}: {(job.get('error') or {}).get('message')}"
+            )
+        time.sleep(0.3)
 
 
 def _redis_answers(url: str) -> bool:

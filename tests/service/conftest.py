@@ -2,7 +2,8 @@
 uvicorn on a free port.
 
 Redis databases used (only these are flushed): 5 for the end-to-end stack, 13 for API-only
-tests (no worker listens there), 14 for the worker-killing test. The Redis-restart test starts
+tests (no worker listens there), 14 for the worker-killing test; 15 holds only the lock that
+makes concurrent runs of this suite take turns. The Redis-restart test starts
 its own redis-server on port 6390 and never touches the shared one.
 """
 
@@ -25,7 +26,7 @@ from workers.contracts import Settings
 from workers.jobstore import JobStore
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-E2E_DB, API_DB, KILL_DB = 5, 13, 14
+E2E_DB, API_DB, KILL_DB, LOCK_DB = 5, 13, 14, 15
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -39,8 +40,20 @@ def _redis_up(port: int = REDIS_PORT) -> bool:
 
 @pytest.fixture(autouse=True, scope="session")
 def _need_redis():
+    """Skip without Redis; with it, hold a lock so that two runs of this suite (two sessions
+    in one tree) take turns instead of flushing and consuming each other's databases."""
     if not _redis_up():
         pytest.skip("no Redis at 127.0.0.1:6379")
+    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=LOCK_DB).lock(
+        "longctx:service-tests", timeout=1800, blocking_timeout=1200
+    )
+    if not lock.acquire():
+        pytest.skip("another run of tests/service held the lock for 20 minutes")
+    yield
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        pass  # expired: the run took longer than the lock's timeout
 
 
 def pytest_collection_modifyitems(items):
@@ -55,7 +68,7 @@ def make_settings(tmp: Path, db: int, port: int = REDIS_PORT, **overrides) -> Se
         key_prefix="lctxtest",
         data_dir=tmp / "data",
         heartbeat_s=0.5,
-        lease_s=4.0,
+        lease_s=15.0,  # generous: the machine is shared and busy; kill tests set their own
         cancel_poll_s=0.1,
         reaper_interval_s=0.5,
         requeue_after_s=3.0,

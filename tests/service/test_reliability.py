@@ -49,7 +49,7 @@ def test_a_child_killed_mid_batch_is_redelivered_and_skips_finished_documents(cl
 
 
 def test_a_worker_killed_outright_leaves_a_failed_job_not_a_running_one(tmp_path):
-    settings = make_settings(tmp_path, KILL_DB, lease_s=3.0)
+    settings = make_settings(tmp_path, KILL_DB, lease_s=5.0)
     flush(settings)
     worker = Worker(settings, tmp_path / "worker.log", name="doomed")
     api = ApiServer(settings)
