@@ -51,3 +51,14 @@ def tied_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def moe_checkpoint(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("moe"), "moe", seed=2)
+
+
+@pytest.fixture(scope="session")
+def hf_default_model():
+    """transformers' own GGUF loading of the offline default model, loaded once per session."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers needs it to read GGUF
+    from model_core import default_model_path
+
+    path = default_model_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from model_core import SamplingParams, default_model_path, load_engine
+from model_core import SamplingParams, load_engine
 from model_core.model import forward_full
 
 
@@ -18,10 +18,8 @@ def engine():
     return load_engine()
 
 
-def test_logits_match_transformers_gguf_loading(engine):
-    transformers = pytest.importorskip("transformers")
-    path = default_model_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+def test_logits_match_transformers_gguf_loading(engine, hf_default_model):
+    hf = hf_default_model
     ids = torch.tensor([engine.tokenizer.encode("The Eiffel Tower was completed in 1889. It stands in Paris.")])
     with torch.no_grad():
         ours = forward_full(engine.model, ids)

@@ -36,12 +36,8 @@ def ours(model_file):
 
 
 @pytest.fixture(scope="module")
-def reference_model(model_file):
-    pytest.importorskip("accelerate")  # transformers needs it to read GGUF
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_file.parent, gguf_file=model_file.name, dtype=torch.float32
-    )
-    return model
+def reference_model(hf_default_model):
+    return hf_default_model
 
 
 @pytest.fixture(scope="module")
