@@ -6,8 +6,10 @@
    `store.search` per mode on that store, and how much of it is embedding the query.
 2. Index: N unit vectors (default 100,000 x 384, MiniLM's size) from 1,000 Gaussian clusters,
    and Q queries from the same clusters. Synthetic: no machine here can embed 100k real chunks
-   in minutes, and clustered data flatters IVF (research/app_layer.md §5.4), so read the ratios,
-   not the absolutes. Each query is searched alone (k=10) for p50/p95 latency:
+   in minutes. Tight clusters flatter IVF and HNSW (research/app_layer.md §5.4): at spread 1.0
+   every index had recall 1.000; the default spread 2.0 (a query's 10th neighbour at cosine
+   ~0.26) is harder; at 3.0 the data is near uniform and IVF recall falls to ~0.3. Read the
+   ratios, not the absolutes. Each query is searched alone (k=10) for p50/p95 latency:
    - numpy brute force (`X @ q`, argpartition): the anchor;
    - exact: our `flat` index (IndexIDMap2 over IndexFlatIP);
    - HNSW32 (efSearch 64) and IVF (nlist ~4*sqrt(N), nprobe 16) as the store builds them,
@@ -92,10 +94,12 @@ def bench_ingest() -> None:
         store.close()
 
 
-def clustered(n: int, dim: int, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+def clustered(
+    n: int, dim: int, n_clusters: int, spread: float, rng: np.random.Generator
+) -> np.ndarray:
     centers = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     labels = rng.integers(0, n_clusters, n)
-    x = centers[labels] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    x = centers[labels] + spread * rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -120,15 +124,15 @@ def recall(results: list[np.ndarray], truth: list[np.ndarray], k: int) -> float:
     )
 
 
-def bench_indexes(n: int, dim: int, n_queries: int, k: int = 10) -> None:
+def bench_indexes(n: int, dim: int, n_queries: int, spread: float, k: int = 10) -> None:
     from retrieval import vector_index
 
     rng = np.random.default_rng(0)
-    x = clustered(n + n_queries, dim, 1000, rng)
+    x = clustered(n + n_queries, dim, 1000, spread, rng)
     x, queries = x[:n], x[n:]
     ids = np.arange(n, dtype=np.int64)
-    print(f"\nindex: {n:,} x {dim} float32 unit vectors (synthetic, 1,000 clusters), "
-          f"{n_queries} single queries, k={k}")  # fmt: skip
+    print(f"\nindex: {n:,} x {dim} float32 unit vectors (synthetic, 1,000 clusters, spread "
+          f"{spread}), {n_queries} single queries, k={k}")  # fmt: skip
     rows = []
     t_np, truth = timed_queries(lambda q: numpy_search(x, q, k), queries)
     rows.append(("numpy brute force", 0.0, t_np, 1.0))
@@ -159,6 +163,8 @@ def main() -> int:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--spread", type=float, default=2.0,
+                        help="noise around the cluster centres (larger: less clustered, harder)")  # fmt: skip
     parser.add_argument("--skip-ingest", action="store_true")
     args = parser.parse_args()
     import faiss
@@ -168,7 +174,7 @@ def main() -> int:
     )
     if not args.skip_ingest:
         bench_ingest()
-    bench_indexes(args.vectors, args.dim, args.queries)
+    bench_indexes(args.vectors, args.dim, args.queries, args.spread)
     return 0
 
 
