@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from celery import Celery
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from api import errors
 from api.routes import documents, health, jobs, openai
@@ -43,6 +43,12 @@ class Metrics:
         )
         self.jobs_submitted = Counter(
             "longctx_jobs_submitted", "Jobs accepted", ["kind"], registry=self.registry
+        )
+        self.queue_length = Gauge(
+            "longctx_queue_length", "Messages waiting per queue", ["queue"], registry=self.registry
+        )
+        self.live_workers = Gauge(
+            "longctx_live_workers", "Workers that announced themselves", registry=self.registry
         )
 
 

@@ -46,19 +46,24 @@ def complete_chat(
     tool_format = backend.tool_format.parser
     stream = StreamParser(tool_format) if tools else None
 
-    def on_text(piece: str) -> None:
-        if stream is None:
-            ctx.on_text(piece)
-            return
-        for event in stream.feed(piece):
+    def relay(events: list) -> None:
+        for event in events:
             if isinstance(event, TextDelta):
                 ctx.on_text(event.text)
             elif isinstance(event, ToolCall) and event.valid:
                 ctx.emit("tool_call", _openai_call(event))
 
+    def on_text(piece: str) -> None:
+        if stream is None:
+            ctx.on_text(piece)
+        else:
+            relay(stream.feed(piece))
+
     generation = backend.complete(
         messages, tools or [], params, on_text=on_text, should_stop=ctx.should_stop
     )
+    if stream is not None:
+        relay(stream.finish())  # a call still open when the model stopped, or held-back text
     content: str | None = generation.text
     calls: list[dict[str, Any]] = []
     if tools:

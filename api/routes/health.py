@@ -1,5 +1,6 @@
 """Probes and metrics: /healthz (the process answers), /readyz (Redis answers and a worker is
-alive; 503 otherwise), /metrics (Prometheus text format)."""
+alive; 503 otherwise), /metrics (Prometheus text format: requests and latency per route, jobs
+accepted per kind, messages waiting per queue, live workers)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,14 @@ def readyz(jobs: JobsDep) -> Any:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
+def metrics(request: Request, jobs: JobsDep) -> PlainTextResponse:
+    gauges = request.app.state.metrics
+    try:
+        for queue in ("gpu", "cpu"):
+            gauges.queue_length.labels(queue).set(jobs.redis.llen(queue))  # Celery's list per queue
+        gauges.live_workers.set(len(jobs.live_workers()))
+    except Exception:  # Redis away: report the request counters anyway
+        pass
     return PlainTextResponse(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

@@ -173,6 +173,7 @@ def test_readiness_health_and_metrics(client):
     client.get("/v1/models")
     metrics = client.get("/metrics").text
     assert 'longctx_http_requests_total{method="GET",route="/v1/models",status="200"}' in metrics
+    assert 'longctx_queue_length{queue="gpu"}' in metrics and "longctx_live_workers 0.0" in metrics
 
 
 def test_rate_limit(settings):
