@@ -55,6 +55,7 @@ FILLER = [  # no digits, no "is ", no "key": the key sentence is the only match 
     "Stars shine over the hills.",
 ]
 LENGTH_MULTIPLES = (1, 2, 4, 8)
+MIN_SAMPLE = 96  # shortest sample used in training and in jittered evaluation
 MODES = ("none", "yarn", "dca", "dca_no_temp")  # the last: DCA without its temperature
 DEFAULT_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "passkey"
 
@@ -114,7 +115,7 @@ def decode_digits(token_ids: list[int]) -> str:
 @dataclass
 class TrainSettings:
     train_len: int = 256
-    min_len: int = 96
+    min_len: int = MIN_SAMPLE
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
@@ -294,17 +295,25 @@ def load_passkey_engine(
     return engine
 
 
-def trial_samples(length: int, trials: int, seed: int) -> list[Sample]:
-    """The seeded samples of one cell; every mode gets the same ones."""
+def trial_samples(length: int, trials: int, seed: int, jitter: int = 0) -> list[Sample]:
+    """The seeded samples of one cell; every mode gets the same ones.
+
+    jitter > 0: each sample is shorter by a uniform 0..jitter tokens (never below MIN_SAMPLE), so
+    the question's place relative to DCA's chunk boundaries varies between trials; with
+    jitter 0 every trial has the same length, hence the same boundaries.
+    """
     rng = random.Random(seed * 1_000_003 + length)
-    return [make_sample(rng, length) for _ in range(trials)]
+    cut = max(0, min(jitter, length - MIN_SAMPLE))
+    return [make_sample(rng, length - (rng.randint(0, cut) if cut else 0)) for _ in range(trials)]
 
 
-def run_trials(engine, length: int, trials: int, seed: int, batch: int = 10) -> list[bool]:
+def run_trials(
+    engine, length: int, trials: int, seed: int, jitter: int = 0, batch: int = 10
+) -> list[bool]:
     """Greedy answers to `trials` seeded samples of `length` tokens; exact match per trial."""
     from model_core import SamplingParams
 
-    samples = trial_samples(length, trials, seed)
+    samples = trial_samples(length, trials, seed, jitter)
     params = SamplingParams(max_new_tokens=KEY_DIGITS + 1, temperature=0.0, stop_token_ids=[EOS])
     hits = []
     for i in range(0, trials, batch):
@@ -336,6 +345,7 @@ def evaluate(
     threads: int = 2,
     chunk_size: int | None = None,
     local_size: int | None = None,
+    jitter: int = 0,
 ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, list]]]:
     """(accuracy[mode][multiple], accuracy by depth quarter[mode][multiple])."""
     torch.set_num_threads(threads)
@@ -351,9 +361,9 @@ def evaluate(
                 engine = load_passkey_engine(
                     checkpoint, mode, length, train_len, chunk_size, local_size
                 )
-                hits = run_trials(engine, length, trials, seed)
+                hits = run_trials(engine, length, trials, seed, jitter)
                 table[mode][m] = sum(hits) / len(hits)
-                depths[mode][m] = by_depth(trial_samples(length, trials, seed), hits)
+                depths[mode][m] = by_depth(trial_samples(length, trials, seed, jitter), hits)
             except Exception as exc:  # report a mode that does not run rather than hide it
                 print(f"{mode} at {m}x failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 table[mode][m] = float("nan")
@@ -406,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--chunk-size", type=int, help="DCA chunk_size (default: the training length)")
     e.add_argument("--local-size", type=int, help="DCA local_size (default: chunk_size / 8)")
+    e.add_argument(
+        "--jitter",
+        type=int,
+        default=0,
+        help="shorten each trial by a random 0..JITTER tokens (varies where chunk boundaries fall)",
+    )
     e.add_argument("--json", type=Path, help="write the table as JSON here")
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -421,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         args.threads,
         args.chunk_size,
         args.local_size,
+        args.jitter,
     )
     print(markdown_table(table, train_len_of(args.checkpoint), args.trials))
     if args.json:
