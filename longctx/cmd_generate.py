@@ -18,7 +18,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="long-context mode (default: what the checkpoint's config.json says)")
     parser.add_argument("--dca-chunk-size", type=int, help="DCA chunk size (default 24576 or config.json)")
     parser.add_argument("--dca-local-size", type=int, help="DCA local window (default 2048 or config.json)")
-    parser.add_argument("--yarn-factor", type=float, help="YaRN factor (default: 4)")
+    parser.add_argument("--yarn-factor", type=float, help="YaRN factor (default: 131072 / the trained length, e.g. 4 for Qwen2)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
