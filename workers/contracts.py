@@ -8,6 +8,7 @@ message carries only the job id, the request lives in the job record (see `worke
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -198,6 +199,41 @@ class ChatRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
 
+    @field_validator("messages")
+    @classmethod
+    def _renderable(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Refuse in the API what the worker could not render (roles, content parts, arguments)."""
+        for index, message in enumerate(messages):
+            if message.get("role") not in CHAT_ROLES:
+                raise ValueError(f"message {index}: role must be one of {', '.join(CHAT_ROLES)}")
+            content = message.get("content")
+            parts = content if isinstance(content, list) else []
+            if not (content is None or isinstance(content, (str, list))) or any(
+                not isinstance(p, dict)
+                or p.get("type") != "text"
+                or not isinstance(p.get("text", ""), str)
+                for p in parts
+            ):
+                raise ValueError(
+                    f"message {index}: content must be a string or a list of text parts"
+                )
+            for call in message.get("tool_calls") or []:
+                arguments = (
+                    (call.get("function") or {}).get("arguments")
+                    if isinstance(call, dict)
+                    else None
+                )
+                if isinstance(arguments, str) and arguments.strip():
+                    try:
+                        json.loads(arguments)
+                    except ValueError:
+                        raise ValueError(
+                            f"message {index}: tool call arguments are not JSON"
+                        ) from None
+        return messages
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 REQUEST_TYPES: dict[JobKind, type[BaseModel]] = {
     JobKind.ingest: IngestRequest,

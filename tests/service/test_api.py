@@ -141,6 +141,8 @@ def test_prompt_and_model_limits(client, settings):
     assert_error(
         client.post("/v1/chat/completions", json={**chat, "messages": []}), 422, "messages"
     )
+    wizard = {**chat, "messages": [{"role": "wizard", "content": "hi"}]}
+    assert_error(client.post("/v1/chat/completions", json=wizard), 422, "role must be one of")
 
 
 def test_questions_about_documents_that_do_not_exist(client):

@@ -190,8 +190,8 @@ def test_chat_turns_a_function_call_into_openai_tool_calls_and_streams_no_markup
     ]
 
 
-def test_chat_refuses_messages_it_cannot_render():
-    request = ChatRequest(model="m", messages=[{"role": "wizard", "content": "hi"}])
-    with pytest.raises(ValueError, match="unknown message role") as caught:
-        complete_chat(ScriptedEngine([]), request, RecordingContext(), model_name="m")
-    assert caught.value.user_error
+def test_chat_requests_the_worker_could_not_render_are_refused_up_front():
+    with pytest.raises(ValueError, match="role must be one of"):
+        ChatRequest(model="m", messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(ValueError, match="list of text parts"):
+        ChatRequest(model="m", messages=[{"role": "user", "content": [{"type": "image_url"}]}])
