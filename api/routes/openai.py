@@ -8,6 +8,7 @@ its job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -190,7 +191,8 @@ def _chunks(
         yield "data: [DONE]\n\n"
     finally:
         if not finished:
-            jobs.request_cancel(job.id)  # the client left, or the wait ran out
+            with contextlib.suppress(Exception):  # best effort: Redis may be what failed
+                jobs.request_cancel(job.id)  # the client left, or the wait ran out
 
 
 def _prepend(head: Event, events: Iterator[Event | None]) -> Iterator[Event | None]:
