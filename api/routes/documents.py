@@ -32,6 +32,12 @@ SUFFIXES = {
     ".htm": "text",
     ".pdf": "pdf",
 }
+TYPE_SUFFIXES = {
+    "text/plain": ".txt",
+    "text/markdown": ".md",
+    "text/html": ".html",
+    "application/pdf": ".pdf",
+}
 _CHUNK = 1 << 20
 
 
@@ -123,6 +129,9 @@ def upload_document(
         )
     filename = clean_filename(file.filename)
     suffix = os.path.splitext(filename)[1]
+    by_type = TYPE_SUFFIXES.get((file.content_type or "").split(";")[0].strip().lower())
+    if suffix not in SUFFIXES and by_type:  # "LICENSE" sent as text/plain
+        filename, suffix = filename + by_type, by_type
     if suffix not in SUFFIXES:
         raise ApiError(
             415,

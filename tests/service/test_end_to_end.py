@@ -97,3 +97,17 @@ def test_cancel_stops_a_running_job_between_decode_steps(client, corpus):
     assert done["finished_at"] - asked < 5, "cancel took longer than a few decode steps"
     assert len(done["result"]["documents"]) < 3
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"  # idempotent
+
+
+def test_a_deleted_document_is_gone_from_the_listing_and_from_questions(client):
+    reply = client.post("/v1/documents", files={"file": ("NOTES", b"Scratch notes about llamas.", "text/plain")},
+                        data={"collection": "scratch"})  # fmt: skip
+    document = wait_job(client, reply.json()["id"])["result"]["document"]
+    assert document["filename"] == "NOTES.txt"  # named by its content type
+    deleted = client.delete(f"/v1/documents/{document['id']}")
+    assert deleted.status_code == 202
+    assert wait_job(client, deleted.json()["id"])["status"] == "succeeded"
+    assert client.get(f"/v1/documents/{document['id']}").status_code == 404
+    assert client.get("/v1/documents", params={"collection": "scratch"}).json()["data"] == []
+    gone = client.post("/v1/qa", json={"question": "llamas?", "document_ids": [document["id"]]})
+    assert gone.status_code == 404
