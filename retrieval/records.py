@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id);
 CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection);
 """
+HIT_QUERY = (  # rows for hit_from_row
+    'SELECT c.id, c.document_id, d.source, c.ordinal, c.text, c.start, c."end", c.page, '
+    "c.collection FROM chunks c JOIN documents d ON d.id = c.document_id"
+)
 DOCUMENT_COLUMNS = (
     "id, collection, source, kind, title, content_hash, n_chars, n_tokens, n_chunks, "
     "page_starts, metadata, added_at"

@@ -5,6 +5,8 @@ Layout of a data folder:
                            text, float32 vector), meta (embedder, dimension, index kind,
                            generation). WAL mode, so readers never block the writer.
     vectors-<gen>.faiss    the FAISS index for generation <gen> (vector_index.py).
+    bm25-<gen>/            the BM25 index for generation <gen>, saved by the first search that
+                           needed it (lexical.py); a cache like the FAISS file.
     write.lock             held by the one process writing (filelock).
 
 Atomicity: SQLite is the source of truth and its commit is the single point where a write
@@ -14,7 +16,7 @@ together with `generation = gen+1`. A crash before the commit leaves the old row
 old, untouched index file (the orphan new file is removed by the next writer); after the commit
 both are new. Readers compare the generation in SQLite with the one they hold before each search
 and reload when it changed; an index file that is missing or disagrees with the rows is rebuilt
-from the stored vectors. BM25 is rebuilt in memory per generation (lexical.py). No pickle.
+from the stored vectors. No pickle.
 
 Identity: a document is (collection, location), where location is the resolved path of a file or
 the `source` given to `add_text`; its id is a hash of both, so it is the same after a restart.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -50,6 +53,7 @@ from retrieval.loaders import DEFAULT_MAX_BYTES, load_bytes, read_file_bytes
 from retrieval.records import (
     DEFAULT_EMBEDDER_NAME,
     DOCUMENT_COLUMNS,
+    HIT_QUERY,
     SCHEMA,
     SCHEMA_VERSION,
     DocumentInfo,
@@ -444,15 +448,39 @@ class DocumentStore:
                 continue
             if generation not in keep:
                 path.unlink(missing_ok=True)
+        for path in self.data_dir.glob("bm25-*"):
+            if path.name.split("-", 1)[1] not in {str(g) for g in keep}:
+                shutil.rmtree(path, ignore_errors=True)
         for path in self.data_dir.glob(".vectors-*.tmp"):
             path.unlink(missing_ok=True)
+        for path in self.data_dir.glob(".bm25-*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def _lexical_index(self) -> LexicalIndex:
-        if self._lexical is None:
+        """BM25 for the committed chunks: held in memory, else loaded, else built and saved."""
+        if self._lexical is not None:
+            return self._lexical
+        saved = self._bm25_path(self._generation)
+        try:
+            self._lexical = LexicalIndex.load(saved)
+            return self._lexical
+        except FileNotFoundError:
+            pass  # not saved yet for this generation: build it
+        except (OSError, ValueError, KeyError, EOFError):
+            shutil.rmtree(saved, ignore_errors=True)  # damaged (renamed in whole, so not partial)
+        self._db.execute("BEGIN")  # one snapshot: the rows of exactly one generation
+        try:
+            generation = self._stored_generation()
             rows = self._db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            self._lexical = LexicalIndex(ids, [r[1] for r in rows])
+        finally:
+            self._db.execute("COMMIT")
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._lexical = LexicalIndex.build(ids, [r[1] for r in rows])
+        self._lexical.save(self._bm25_path(generation))
         return self._lexical
+
+    def _bm25_path(self, generation: int | None) -> Path:
+        return self.data_dir / f"bm25-{generation}"
 
     # ----- documents
     def get(self, document_id: str) -> DocumentInfo:
@@ -491,13 +519,8 @@ class DocumentStore:
 
     def chunks(self, document_id: str) -> list[Hit]:
         """All chunks of a document in order (score 0)."""
-        rows = self._db.execute(
-            'SELECT c.id, c.document_id, d.source, c.ordinal, c.text, c.start, c."end", c.page, '
-            "c.collection FROM chunks c JOIN documents d ON d.id = c.document_id "
-            "WHERE c.document_id = ? ORDER BY c.ordinal",
-            (document_id,),
-        ).fetchall()
-        return [hit_from_row(r, 0.0) for r in rows]
+        sql = f"{HIT_QUERY} WHERE c.document_id = ? ORDER BY c.ordinal"
+        return [hit_from_row(r, 0.0) for r in self._db.execute(sql, (document_id,))]
 
     # ----- search
     def search(
@@ -561,13 +584,8 @@ class DocumentStore:
         if not ranked:
             return []
         ids = [i for i, _ in ranked]
-        rows = self._db.execute(
-            'SELECT c.id, c.document_id, d.source, c.ordinal, c.text, c.start, c."end", c.page, '
-            "c.collection FROM chunks c JOIN documents d ON d.id = c.document_id "
-            f"WHERE c.id IN ({', '.join('?' * len(ids))})",
-            ids,
-        ).fetchall()
-        by_id = {r[0]: r for r in rows}
+        sql = f"{HIT_QUERY} WHERE c.id IN ({', '.join('?' * len(ids))})"
+        by_id = {r[0]: r for r in self._db.execute(sql, ids)}
         return [hit_from_row(by_id[i], score) for i, score in ranked if i in by_id]
 
 

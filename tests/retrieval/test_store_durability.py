@@ -135,3 +135,36 @@ def test_ivf_becomes_a_trained_ivf_once_there_is_enough_data():
     big.remove_ids(ids[:5])
     _, found = vector_index.search(big, vectors[:5], 1)
     assert not set(found[:, 0].tolist()) & set(ids[:5].tolist())
+
+
+def test_bm25_is_saved_once_and_loaded_by_other_processes(make_store, tmp_path, monkeypatch):
+    from retrieval.lexical import LexicalIndex
+
+    store = make_store()
+    store.add_text(VOLCANO, "volcano")
+    store.add_text(BREAD, "bread")
+    expected = [(h.chunk_id, h.score) for h in store.search("sourdough", k=3, mode="lexical")]
+    folder = tmp_path / "store" / f"bm25-{store._stored_generation()}"
+    assert folder.is_dir()
+
+    def no_rebuild(*args):
+        raise AssertionError("BM25 was rebuilt instead of loaded")
+
+    monkeypatch.setattr(LexicalIndex, "build", no_rebuild)
+    reader = make_store(tmp_path / "store")
+    assert [
+        (h.chunk_id, h.score) for h in reader.search("sourdough", k=3, mode="lexical")
+    ] == expected
+    monkeypatch.undo()
+
+    (folder / "vocab.index.json").write_text("{broken")
+    damaged = make_store(tmp_path / "store")
+    assert [
+        (h.chunk_id, h.score) for h in damaged.search("sourdough", k=3, mode="lexical")
+    ] == expected
+
+    store.add_text(TRAINS, "trains")
+    store.search("x", k=1, mode="lexical")
+    store.add_text(TRAINS + " Extra.", "trains")
+    names = sorted(p.name for p in (tmp_path / "store").iterdir() if "bm25" in p.name)
+    assert folder.name not in names and len(names) <= 2, names
