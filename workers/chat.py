@@ -27,8 +27,15 @@ class ChatInputError(ValueError):
 
 
 def complete_chat(
-    engine: Any, request: ChatRequest, ctx: Any, *, model_name: str
+    engine: Any,
+    request: ChatRequest,
+    ctx: Any,
+    *,
+    model_name: str,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
+    """The reply to one chat request; a prompt over `max_prompt_tokens` (a server limit below
+    the model's window) or over the window raises PromptTooLongError before any work."""
     from agent import EngineChat
     from agent.parser import StreamParser, TextDelta, ToolCall, parse
     from model_core import SamplingParams
@@ -44,6 +51,8 @@ def complete_chat(
     )
     backend = EngineChat(engine)
     tool_format = backend.tool_format.parser
+    if max_prompt_tokens is not None:
+        _check_prompt_tokens(engine, backend.render(messages, tools or []), max_prompt_tokens)
     stream = StreamParser(tool_format) if tools else None
 
     def relay(events: list) -> None:
@@ -89,6 +98,16 @@ def complete_chat(
             "total_tokens": generation.prompt_tokens + completion_tokens,
         },
     }
+
+
+def _check_prompt_tokens(engine: Any, prompt: str, limit: int) -> None:
+    from model_core.errors import PromptTooLongError
+
+    count = len(engine.tokenizer.encode(prompt))
+    if count > limit:
+        raise PromptTooLongError(
+            f"the prompt has {count} tokens, over this server's limit of {limit}"
+        )
 
 
 def _openai_call(call: Any) -> dict[str, Any]:

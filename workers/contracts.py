@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     max_prompt_chars: int = 1_000_000  # cheap bound in the API; the worker checks the token window
     max_new_tokens_limit: int = 4096
+    max_prompt_tokens: int | None = (
+        None  # chat prompts over this many tokens: 400 (None: the window)
+    )
     rate_limit_per_minute: int = 600  # requests per client per minute; 0: unlimited
     job_ttl_s: int = 7 * 24 * 3600
     visibility_timeout_s: int = 4 * 3600  # above the hard time limit: no redelivery of live jobs

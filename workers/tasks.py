@@ -207,7 +207,14 @@ def summarize(runtime: Runtime, ctx: JobContext, request: SummarizeRequest) -> d
 def chat(runtime: Runtime, ctx: JobContext, request: Any) -> dict[str, Any]:
     from workers.chat import complete_chat
 
-    return complete_chat(runtime.engine(), request, ctx, model_name=runtime.settings.model_name)
+    settings = runtime.settings
+    return complete_chat(
+        runtime.engine(),
+        request,
+        ctx,
+        model_name=settings.model_name,
+        max_prompt_tokens=settings.max_prompt_tokens,
+    )
 
 
 HANDLERS: dict[JobKind, Handler] = {

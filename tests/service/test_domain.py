@@ -195,3 +195,15 @@ def test_chat_requests_the_worker_could_not_render_are_refused_up_front():
         ChatRequest(model="m", messages=[{"role": "wizard", "content": "hi"}])
     with pytest.raises(ValueError, match="list of text parts"):
         ChatRequest(model="m", messages=[{"role": "user", "content": [{"type": "image_url"}]}])
+
+
+def test_a_chat_prompt_over_the_server_limit_is_refused_before_any_work():
+    from model_core.errors import PromptTooLongError
+
+    engine = ScriptedEngine(["never said"])
+    request = ChatRequest(
+        model="m", messages=[{"role": "user", "content": "one two three four five six"}]
+    )
+    with pytest.raises(PromptTooLongError, match="over this server's limit of 5"):
+        complete_chat(engine, request, RecordingContext(), model_name="m", max_prompt_tokens=5)
+    assert engine.replies == ["never said"]
