@@ -168,3 +168,35 @@ def test_bm25_is_saved_once_and_loaded_by_other_processes(make_store, tmp_path, 
     store.add_text(TRAINS + " Extra.", "trains")
     names = sorted(p.name for p in (tmp_path / "store").iterdir() if "bm25" in p.name)
     assert folder.name not in names and len(names) <= 2, names
+
+
+WRITER = """
+import sys
+from retrieval import DocumentStore
+store = DocumentStore(sys.argv[1])
+for i in range(6):
+    store.add_text(f"Note {i}: the ferry to island {i} leaves at {i + 6} in the morning.", f"note-{i}")
+    if i == 5:
+        store.delete(store.list()[0].id)  # deletes are seen too
+"""
+
+
+def test_a_reader_process_stays_consistent_while_another_process_writes(make_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    store = make_store()
+    store.add_text(TRAINS, "trains")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "store")], env=env,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    searches = 0
+    while writer.poll() is None or searches == 0:
+        for hit in store.search("when does the ferry leave", k=3):
+            assert store.read(hit.document, hit.start, hit.end) == hit.text
+        searches += 1
+    assert writer.returncode == 0, writer.stderr.read()
+    sources = {h.source for h in store.search("ferry to island", k=10)}
+    assert sources == {f"note-{i}" for i in range(6)}, sources  # "trains" was deleted
+    assert [d.source for d in store.list()] == [f"note-{i}" for i in range(6)]
