@@ -1,4 +1,4 @@
-"""`longctx ingest` and `longctx search`: the document store from the command line.
+"""`longctx ingest`, `search`, `documents` and `delete`: the document store from the command line.
 
 The store lives in `<data dir>/store`, the same folder the workers use. The data dir comes from
 `--data-dir`, else the environment variable LONGCTX_DATA_DIR, else the user data directory
@@ -46,6 +46,17 @@ def register(subparsers) -> None:
     search.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     add_store_options(search)
     search.set_defaults(handler=run_search)
+
+    documents = subparsers.add_parser("documents", help="list the documents in the store")
+    documents.add_argument("--collection", help="only this collection")
+    documents.add_argument("--json", action="store_true", help="print a JSON list")
+    add_store_options(documents)
+    documents.set_defaults(handler=run_documents)
+
+    delete = subparsers.add_parser("delete", help="remove documents from the store")
+    delete.add_argument("ids", nargs="+", metavar="DOCUMENT_ID")
+    add_store_options(delete)
+    delete.set_defaults(handler=run_delete)
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +129,31 @@ def run_search(args) -> int:
         print(f"{rank}. {hit.source}{page}  [{hit.start}:{hit.end}]  score {hit.score:.4f}")
         snippet = " ".join(hit.text.split())
         print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
+    return 0
+
+
+def run_documents(args) -> int:
+    with open_store(args) as store:
+        documents = store.list(args.collection)
+    if args.json:
+        print(
+            json.dumps(
+                [{k: v for k, v in vars(d).items() if k != "status"} for d in documents], indent=2
+            )
+        )
+        return 0
+    for d in documents:
+        pages = f", {d.n_pages} pages" if d.n_pages else ""
+        print(f"{d.id}  {d.collection}  {d.source}  ({d.kind}, {d.n_chunks} chunks{pages})")
+    return 0
+
+
+def run_delete(args) -> int:
+    with open_store(args) as store:
+        for document_id in args.ids:
+            source = store.get(document_id).source  # unknown id: a one-line error, exit 2
+            store.delete(document_id)
+            print(f"deleted {document_id}  {source}")
     return 0
 
 

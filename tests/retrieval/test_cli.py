@@ -68,3 +68,21 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     ]
     assert main(["search", "x", "--k", "0", "--data-dir", str(tmp_path)]) == 2
     assert "--k must be at least 1" in capsys.readouterr().err
+
+
+def test_list_and_delete_documents(make_store, tmp_path, capsys):
+    store = make_store(tmp_path / "data" / "store")
+    keep = store.add_text(BREAD, "bread.md", collection="food")
+    gone = store.add_text(VOLCANO, "volcano.txt", collection="geo")
+    store.close()
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["documents", "--json", *data]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {(d["id"], d["source"], d["collection"]) for d in listed} == {
+        (keep.id, "bread.md", "food"), (gone.id, "volcano.txt", "geo")}  # fmt: skip
+    assert main(["delete", gone.id, *data]) == 0
+    assert capsys.readouterr().out.strip() == f"deleted {gone.id}  volcano.txt"
+    assert main(["documents", *data]) == 0
+    assert capsys.readouterr().out.startswith(f"{keep.id}  food  bread.md  (text, 1 chunks)")
+    assert main(["delete", gone.id, *data]) == 2
+    assert f"no document with id '{gone.id}'" in capsys.readouterr().err
