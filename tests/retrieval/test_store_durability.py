@@ -97,8 +97,10 @@ def test_a_missing_or_damaged_index_file_is_rebuilt_from_sqlite(make_store, tmp_
 def test_other_index_kinds_add_search_and_delete(make_store, tmp_path, kind):
     store = make_store(index_kind=kind)
     volcano = store.add_text(VOLCANO, "volcano")
-    store.add_text(BREAD, "bread")
+    store.add_text(BREAD, "bread", collection="food")
     assert store.search("explosive eruptions", k=1, mode="dense")[0].source == "volcano"
+    filtered = store.search("explosive eruptions", k=5, mode="dense", collection="food")
+    assert {h.source for h in filtered} == {"bread"}
     store.delete(volcano.id)
     assert {h.source for h in store.search("explosive eruptions", k=5, mode="dense")} == {"bread"}
     reopened = make_store(tmp_path / "store")
