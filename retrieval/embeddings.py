@@ -93,6 +93,13 @@ class Embedder:
         return self.embed([query], progress=False)
 
 
+def embedder_name(embedder: str | Path | Embedder | None) -> str | None:
+    """The name a store records for its embedder (None: the default, whatever it is called)."""
+    if embedder is None:
+        return None
+    return embedder.name if isinstance(embedder, Embedder) else str(embedder)
+
+
 def _counting_tokenizer(tokenizer):
     """A private copy of the fast tokenizer without padding or truncation (the model's own copy
     pads to max_seq_length, which would make every sentence count as 128 tokens)."""

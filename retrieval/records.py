@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,16 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id);
 CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection);
 """
+
+
+def connect(path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, durable commits."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+        db.execute(f"PRAGMA {pragma}")
+    return db
+
+
 HIT_QUERY = (  # rows for hit_from_row
     'SELECT c.id, c.document_id, d.source, c.ordinal, c.text, c.start, c."end", c.page, '
     "c.collection FROM chunks c JOIN documents d ON d.id = c.document_id"

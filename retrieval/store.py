@@ -40,7 +40,7 @@ import numpy as np
 
 from retrieval import vector_index
 from retrieval.chunking import chunk_text
-from retrieval.embeddings import Embedder
+from retrieval.embeddings import Embedder, embedder_name
 from retrieval.errors import (
     InvalidQueryError,
     RetrievalError,
@@ -59,6 +59,7 @@ from retrieval.records import (
     DocumentInfo,
     Hit,
     PreparedDocument,
+    connect,
     document_id,
     document_info,
     hit_from_row,
@@ -96,16 +97,11 @@ class DocumentStore:
         self.hybrid_weights = hybrid_weights or DEFAULT_WEIGHTS[hybrid_fusion]  # (dense, lexical)
         self._lock = threading.RLock()
         self._file_lock = FileLock(str(self.data_dir / "write.lock"))
-        self._db = sqlite3.connect(
-            self.data_dir / "store.sqlite3", isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._local = threading.local()  # one SQLite connection per thread: own snapshots
+        self._connections: list[sqlite3.Connection] = []
         self._embedder_obj = embedder if isinstance(embedder, Embedder) else None
         self._embedder_spec = None if isinstance(embedder, Embedder) else embedder
-        requested = _embedder_name(embedder)
+        requested = embedder_name(embedder)
         with self._file_lock:
             self._db.executescript(SCHEMA)
             meta = self._meta()
@@ -153,8 +149,22 @@ class DocumentStore:
     def _chunking_signature(self) -> str:
         return f"{self.embedder_name}|{self.chunk_tokens}|{self.overlap_tokens}|v1"
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (a thread never sees another's open transaction)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = connect(self.data_dir / "store.sqlite3")
+            with self._lock:
+                self._connections.append(db)
+        return db
+
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     def __enter__(self) -> DocumentStore:
         return self
@@ -587,11 +597,3 @@ class DocumentStore:
         sql = f"{HIT_QUERY} WHERE c.id IN ({', '.join('?' * len(ids))})"
         by_id = {r[0]: r for r in self._db.execute(sql, ids)}
         return [hit_from_row(by_id[i], score) for i, score in ranked if i in by_id]
-
-
-def _embedder_name(embedder: str | Path | Embedder | None) -> str | None:
-    if embedder is None:
-        return None
-    if isinstance(embedder, Embedder):
-        return embedder.name
-    return str(embedder)

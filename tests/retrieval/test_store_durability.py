@@ -202,3 +202,28 @@ def test_a_reader_process_stays_consistent_while_another_process_writes(make_sto
     sources = {h.source for h in store.search("ferry to island", k=10)}
     assert sources == {f"note-{i}" for i in range(6)}, sources  # "trains" was deleted
     assert [d.source for d in store.list()] == [f"note-{i}" for i in range(6)]
+
+
+def test_threads_sharing_one_store_search_while_it_writes(make_store):
+    store = make_store()
+    store.add_text(VOLCANO, "volcano")
+    errors = []
+
+    def read():
+        try:
+            for _ in range(20):
+                for hit in store.search("lava", k=2):
+                    assert store.read(hit.document, hit.start, hit.end) == hit.text
+                store.list()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    store.add_text(BREAD, "bread")
+    store.add_text(TRAINS, "trains")
+    for thread in readers:
+        thread.join()
+    assert errors == []
+    assert len(store.list()) == 3
