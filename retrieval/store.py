@@ -86,6 +86,10 @@ class DocumentStore:
     ):
         from filelock import FileLock
 
+        if index_kind is not None and index_kind not in vector_index.INDEX_KINDS:
+            raise StoreConfigError(
+                f"unknown index kind {index_kind!r}; one of {sorted(vector_index.INDEX_KINDS)}"
+            )
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.chunk_tokens, self.overlap_tokens = chunk_tokens, overlap_tokens
@@ -116,10 +120,6 @@ class DocumentStore:
             )
         self.embedder_name = meta["embedder"]
         self.index_kind = index_kind or meta["index_kind"]
-        if self.index_kind not in vector_index.INDEX_KINDS:
-            raise StoreConfigError(
-                f"unknown index kind {self.index_kind!r}; one of {sorted(vector_index.INDEX_KINDS)}"
-            )
         self._index = None
         self._generation: int | None = None
         self._lexical: LexicalIndex | None = None

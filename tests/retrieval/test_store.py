@@ -171,3 +171,9 @@ def test_relative_score_fusion_is_a_setting(make_store, files):
     assert all(0.0 <= h.score <= 1.0 for h in hits)
     with pytest.raises(StoreConfigError, match="unknown fusion 'max'"):
         make_store(hybrid_fusion="max")
+
+
+def test_an_unknown_index_kind_is_refused_before_anything_is_written(make_store, tmp_path):
+    with pytest.raises(StoreConfigError, match="unknown index kind 'annoy'"):
+        make_store(index_kind="annoy")
+    assert not (tmp_path / "store").exists()
