@@ -302,7 +302,7 @@ class DocumentStore:
                             min(self.overlap_tokens, max_tokens // 2), extracted.page_starts)  # fmt: skip
         vectors = embedder.embed([c.text for c in chunks], progress=self.progress)
         return PreparedDocument(doc_id, collection, location, source, extracted, content_hash,
-                         dict(metadata or {}), chunks, vectors, replaces=old is not None)  # fmt: skip
+                                dict(metadata or {}), chunks, vectors, old is not None)  # fmt: skip
 
     def _info_of(self, item: PreparedDocument) -> DocumentInfo:
         info = self.get(item.id)
