@@ -220,7 +220,9 @@ def load_pdf(data: bytes, name: str) -> ExtractedText:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # broken-but-readable files warn a lot
+    log = logging.getLogger("pypdf")
+    level = log.level
+    log.setLevel(logging.ERROR)  # broken-but-readable files warn a lot; restored below
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
@@ -228,6 +230,8 @@ def load_pdf(data: bytes, name: str) -> ExtractedText:
         pages = [page.extract_text() or "" for page in reader.pages]
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise UnreadableFileError(f"{name}: not a readable PDF ({exc})") from exc
+    finally:
+        log.setLevel(level)
     if not pages:
         raise EmptyDocumentError(f"{name}: the PDF has no pages")
     if not any(page.strip() for page in pages):
