@@ -177,3 +177,17 @@ def test_an_unknown_index_kind_is_refused_before_anything_is_written(make_store,
     with pytest.raises(StoreConfigError, match="unknown index kind 'annoy'"):
         make_store(index_kind="annoy")
     assert not (tmp_path / "store").exists()
+
+
+def test_add_files_commits_in_batches_and_dedupes_a_repeated_file(make_store, files):
+    store = make_store()
+    paths = [files["volcano.txt"], files["bread.md"], files["volcano.txt"], files["trains.txt"]]
+    results = store.add_files(paths, commit_every=1)  # each file committed on its own
+    assert [r.status for r in results] == ["added", "added", "unchanged", "added"]
+    assert results[0].id == results[2].id
+    batched = make_store(store.data_dir.parent / "batched").add_files(paths)  # one commit
+    assert [r.status for r in batched] == ["added", "added", "added", "added"]
+    assert batched[0].id == batched[2].id
+    assert sorted(d.source.rsplit("/", 1)[-1] for d in store.list()) == [
+        "bread.md", "trains.txt", "volcano.txt"]  # fmt: skip
+    assert store._index.ntotal == sum(d.n_chunks for d in store.list())
