@@ -81,7 +81,7 @@ class DocumentStore:
         overlap_tokens: int = 32,
         max_file_bytes: int = DEFAULT_MAX_BYTES,
         progress: bool | None = None,
-        hybrid_fusion: str = "rrf",
+        hybrid_fusion: str = "relative",
         hybrid_weights: tuple[float, float] | None = None,
     ):
         from filelock import FileLock

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,12 +28,18 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "longctx"
-    data_dir: Path = Path("data")
+    # Uploads and the document store; the same default as `longctx ingest` (the user data folder).
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("longctx")))
     model_path: str | None = None  # None: the offline default (SmolLM2-135M GGUF)
     model_name: str = "longctx"  # the id /v1/models reports and chat requests may name
     engine_factory: str = "model_core:load_engine"  # "module:function(path, dtype=, device=)"
     device: str = "cpu"
     dtype: str = "float32"
+    attention: str | None = None  # attention backend (eager, sdpa, flash, ...); None: by device
+    long_context: Literal["none", "yarn", "dca"] | None = None  # None: as config.json says
+    dca_chunk_size: int | None = None  # DCA sizes (None: config.json or 3/4 and 1/16 of trained)
+    dca_local_size: int | None = None
+    yarn_factor: float | None = None
     api_keys: str = ""  # comma-separated bearer keys; empty: no authentication
     enable_python_tool: bool = False  # the agent's sandboxed Python tool (off unless enabled)
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -55,6 +62,19 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # deliveries of one job before it is failed (no redelivery loops)
     sync_wait_s: float = 600.0  # how long /v1/chat/completions waits for its job
     redis_timeout_s: float = 5.0
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for `model_core.load_engine` beyond path, dtype and device (set ones only)."""
+        options: dict[str, Any] = {}
+        if self.attention:
+            options["attention"] = self.attention
+        if self.long_context:
+            options["long_context"] = self.long_context
+        sizes = {"chunk_size": self.dca_chunk_size, "local_size": self.dca_local_size,
+                 "factor": self.yarn_factor}
+        if any(value is not None for value in sizes.values()):
+            options["long_context_options"] = {k: v for k, v in sizes.items() if v is not None}
+        return options
 
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]

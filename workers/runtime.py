@@ -46,7 +46,8 @@ class Runtime:
                 factory = getattr(importlib.import_module(module_name), function)
                 started = time.perf_counter()
                 self._engine = factory(
-                    self.settings.model_path, dtype=self.settings.dtype, device=self.settings.device
+                    self.settings.model_path, dtype=self.settings.dtype, device=self.settings.device,
+                    **self.settings.engine_options(),
                 )
                 log.info("engine loaded in %.1f s", time.perf_counter() - started)
             return self._engine
