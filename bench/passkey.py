@@ -1,22 +1,22 @@
 """Passkey retrieval: does Dual Chunk Attention let a model trained at 256 bytes read 8x further?
 
-A tiny Qwen2 (about 1M parameters, byte-level vocabulary) is trained on CPU on synthetic passkey
+A tiny Qwen2 (822K parameters, byte-level vocabulary) is trained on CPU on synthetic passkey
 retrieval at a short length, then asked for the key at 1x, 2x, 4x and 8x that length with plain
-RoPE, static YaRN (factor = length / training length) and DCA with its temperature, greedy
-decoding through our `Engine`. The trained checkpoint is a real Hugging Face checkpoint
-(config.json + model.safetensors) kept in tests/fixtures/passkey/ as a test fixture.
+RoPE, static YaRN (factor = length / training length) and DCA with and without its temperature,
+greedy decoding through our `Engine`. The trained checkpoint is a real Hugging Face checkpoint
+(config.json + model.safetensors, written by transformers) kept in tests/fixtures/passkey/ as a
+test fixture. Measured numbers and what they taught: docs/readme/passkey.md.
 
-    python -m bench.passkey train --out tests/fixtures/passkey           # ~20 min on 2 CPU threads
-    python -m bench.passkey eval --checkpoint tests/fixtures/passkey --trials 100 \
-        --markdown docs/readme/passkey.md
+    python -m bench.passkey train --out tests/fixtures/passkey --threads 1   # 20 min budget
+    python -m bench.passkey eval --trials 100 [--chunk-size 192 --local-size 48] [--jitter 223]
 
 A sample (exactly `length` tokens, prompt + answer):
     <bos> filler ... The pass key is 48213. Remember it. filler ... What is the pass key? The pass key is
     48213<eos>
-Filler is random sentences without digits; the key sentence sits at a uniformly random depth.
-Training puts the loss on the answer (5 digits and <eos>) only, plus a small language-model loss
-on the rest so the model learns to copy (induction heads form on the repeated filler).
-Vocabulary: bytes 0..255, then <bos> 256, <eos> 257, <pad> 258, one unused id (260 in all).
+Filler is random sentences without digits, "is " or "key"; the key sentence sits at a uniformly
+random depth. Training puts the loss on the answer (5 digits and <eos>) plus 0.1 x the
+language-model loss on the rest. Vocabulary: bytes 0..255, then <bos> 256, <eos> 257, <pad> 258,
+one unused id (260 in all).
 """
 
 from __future__ import annotations
