@@ -3,7 +3,7 @@
     python bench/decode.py                  # both models, contexts 128 and 2048, 64 new tokens
     python bench/decode.py --models smollm2 --contexts 128
 
-Each (engine, model) pair runs in its own subprocess so peak memory (max RSS) is its own. Prefill
+Each (engine, model) pair runs in its own subprocess so peak memory (VmHWM) is its own. Prefill
 speed is the prompt length over the time to the first token; decode speed is the remaining new
 tokens over the remaining time. Both engines are greedy and ignore end-of-sequence, so they
 produce exactly --new-tokens tokens. The anchor is transformers, measured in the same run; the
@@ -105,7 +105,16 @@ def measure(engine: str, path: Path, contexts: list[int], new_tokens: int, threa
         rows[context] = {"prefill_tok_s": context / first,
                          "decode_tok_s": (len(produced) - 1) / max(total - first, 1e-9),
                          "new_tokens": len(produced)}
-    return {"rows": rows, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"rows": rows, "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM). ru_maxrss would not do: Linux carries the parent's
+    high-water mark across fork and exec, and the parent may have built the checkpoint."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
