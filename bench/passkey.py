@@ -5,7 +5,7 @@ retrieval at a short length, then asked for the key at 1x, 2x, 4x and 8x that le
 RoPE, static YaRN (factor = length / training length) and DCA with and without its temperature,
 greedy decoding through our `Engine`. The trained checkpoint is a real Hugging Face checkpoint
 (config.json + model.safetensors, written by transformers) kept in tests/fixtures/passkey/ as a
-test fixture. Measured numbers and what they taught: docs/readme/passkey.md.
+test fixture. Measured numbers and what they taught: docs/passkey.md.
 
     python -m bench.passkey train --out tests/fixtures/passkey --threads 1   # 20 min budget
     python -m bench.passkey eval --trials 100 [--chunk-size 192 --local-size 48] [--jitter 223]

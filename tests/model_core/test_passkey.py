@@ -4,7 +4,7 @@ A user loads the checkpoint through `load_engine`, asks for the pass key hidden 
 reads the greedy answer. Plain RoPE must find it at the trained length and lose it at 4x; DCA with
 its temperature must find it at 4x, and without the temperature must not.
 
-Thresholds, from the 100-trial table in docs/readme/passkey.md (seed 0): plain RoPE 1.00 at 1x and
+Thresholds, from the 100-trial table in docs/passkey.md (seed 0): plain RoPE 1.00 at 1x and
 0.00 at 4x; DCA 0.79 at 4x, 0.11 without the temperature. The trials here use another seed. With
 30 trials the standard error at 0.79 is 0.074, so the 0.5 floor is about 4 standard errors below the
 measured rate, and 5 above the no-temperature rate; a DCA that silently lost its temperature, its
