@@ -71,8 +71,10 @@ def builtin_tools(
     *,
     python: bool = False,
     sandbox: PythonSandbox | None = None,
+    collection: str | None = None,
 ) -> list[Tool]:
-    """The named built-in tools. ``python`` must be enabled explicitly to include the sandbox."""
+    """The named built-in tools. ``python`` must be enabled explicitly to include the sandbox;
+    ``collection`` limits the search tool to one collection of the store."""
     tools: list[Tool] = []
     for name in names:
         if name not in BUILTIN_NAMES:
@@ -86,7 +88,7 @@ def builtin_tools(
                 "the python tool is off; enable it explicitly (python=True)"
             )
         if name == "search":
-            tools.append(search_tool(store))
+            tools.append(search_tool(store, collection=collection))
         elif name == "read":
             tools.append(read_tool(store))
         elif name == "calculator":

@@ -31,6 +31,7 @@ def register(subparsers) -> None:
         help="tool prompt format (default: from the checkpoint)",
     )
     agent.add_argument("--system", help="system message")
+    agent.add_argument("--collection", help="search only this collection of the store")
     agent.add_argument(
         "--python-timeout", type=float, default=10.0, help="seconds per Python run (default 10)"
     )
@@ -62,7 +63,8 @@ def run_agent_command(args) -> int:
         if "python" in names
         else None
     )
-    tools = builtin_tools(store, names, python="python" in names, sandbox=sandbox)
+    tools = builtin_tools(store, names, python="python" in names, sandbox=sandbox,
+                          collection=args.collection)
     engine = load_engine_from_args(args)
     model = EngineChat(engine, args.format, params=params)
 

@@ -185,6 +185,7 @@ class AgentRequest(BaseModel):
     )
     max_steps: int = Field(default=6, ge=1, le=32)
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    collection: str | None = Field(default=None, max_length=200)  # search only this collection
 
 
 class SummarizeRequest(BaseModel):

@@ -157,7 +157,8 @@ def agent_job(runtime: Runtime, ctx: JobContext, request: AgentRequest) -> dict[
     needs_store = {"search", "read"} & set(request.tools)
     store = runtime.store() if needs_store else None
     python = runtime.settings.enable_python_tool
-    tools = builtin_tools(store, dict.fromkeys(request.tools), python=python)
+    tools = builtin_tools(store, dict.fromkeys(request.tools), python=python,
+                          collection=request.collection)
 
     def on_step(step: Any) -> None:
         ctx.emit("step", asdict(step))

@@ -155,6 +155,7 @@ class FakeStore:
 
     def search(self, query, k=5, mode="hybrid", collection=None, document_ids=None):
         self.last = (query, k)
+        self.last_collection = collection
         return [
             FakeHit("doc1", "notes.md", i, self.text[:2000], 1.0 / (i + 1), i * 10, i * 10 + 2000)
             for i in range(k)
@@ -176,6 +177,13 @@ def test_search_and_read_tools_over_a_store():
         [ToolCall("read_document", {"document_id": "doc1", "start": 6}, id="b")], [read]
     )
     assert read_back.content.startswith("uses RoPE") and len(read_back.content) == 4000
+
+
+def test_search_tool_keeps_to_its_collection():
+    store = FakeStore()
+    (search,) = builtin_tools(store, names=["search"], collection="finance")
+    run_calls([ToolCall("search_documents", {"query": "costs"}, id="a")], [search])
+    assert store.last_collection == "finance"
 
 
 def test_builtin_tool_names_and_the_python_switch():
