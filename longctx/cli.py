@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("cmd_generate", "cmd_retrieval", "cmd_agent", "cmd_service", "cmd_long_context")
+COMMAND_MODULES = ("cmd_generate", "cmd_retrieval", "cmd_agent", "cmd_service")
 
 
 class CliError(Exception):
@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="Long-context RAG and agent service on Qwen2")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"longctx.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"longctx.{name}":
-                continue  # that group is not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"longctx.{name}").register(subparsers)
     return parser
 
 
