@@ -84,6 +84,7 @@ class SequenceKV:
 
     def __init__(self, pool: KVPool, block_table: list[int]):
         self.pool, self.block_table = pool, block_table
+        self._where: dict[int, slice | torch.Tensor] = {}
 
     def _runs(self, start: int, stop: int):
         """(position, slot, count) spans of positions start..stop-1 that are contiguous in slots."""
@@ -105,16 +106,27 @@ class SequenceKV:
 
     def read(self, layer: int, rows: slice, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of positions 0..length-1: (1, Hkv, length, D); a view when contiguous."""
+        where = self._where.get(length)
+        if where is None:
+            where = self._plan(length)
+        if isinstance(where, slice):
+            return self.pool.k[layer, :, where][None], self.pool.v[layer, :, where][None]
+        return (self.pool.k[layer].index_select(1, where)[None],
+                self.pool.v[layer].index_select(1, where)[None])
+
+    def _plan(self, length: int) -> slice | torch.Tensor:
+        """The slots of positions 0..length-1: one slice when their blocks are consecutive (the
+        same for every layer of a forward, so worked out once)."""
         size = self.pool.block_size
         blocks = self.block_table[: -(-length // size)]
         first = blocks[0]
-        if blocks[-1] - first == len(blocks) - 1 and all(b == first + i for i, b in enumerate(blocks)):
-            span = slice(first * size, first * size + length)
-            return self.pool.k[layer, :, span][None], self.pool.v[layer, :, span][None]
-        slots = torch.cat([torch.arange(b * size, (b + 1) * size) for b in blocks])[:length]
-        slots = slots.to(self.pool.k.device)
-        return (self.pool.k[layer].index_select(1, slots)[None],
-                self.pool.v[layer].index_select(1, slots)[None])
+        if all(b == first + i for i, b in enumerate(blocks)):
+            where = slice(first * size, first * size + length)
+        else:
+            where = torch.cat([torch.arange(b * size, (b + 1) * size) for b in blocks])[:length]
+            where = where.to(self.pool.k.device)
+        self._where[length] = where
+        return where
 
 
 @dataclass

@@ -272,13 +272,17 @@ class Engine:
         with self._lock:
             self._incoming.extend(requests)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+                # Not a daemon: the interpreter waits for it at exit (it ends when idle; a caller
+                # interrupted while waiting cancels its requests first).
+                self._thread = threading.Thread(target=self._run, args=(torch.get_num_threads(),),
+                                                name="engine-loop")
                 self._thread.start()
             self._lock.notify()
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, threads: int) -> None:
+        torch.set_num_threads(threads)  # the caller's intra-op threads (per-thread in OpenMP)
         with torch.inference_mode():
             while True:
                 with self._lock:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.passkey import load_passkey_engine, run_trials, train_len_of
+from bench.passkey_task import load_passkey_engine, run_trials, train_len_of
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "passkey"
 TRIALS = 30
