@@ -11,6 +11,11 @@ worker thread's, which would flatter the loop). Decode speed is measured between
 and the last decode step (the loop's steps are timed through its `should_stop` callback, which it
 calls once per step). Greedy, end-of-sequence ignored, float32. The cores are shared: read the
 ratio, not the absolute numbers.
+
+`--mix` adds whether one forward for prefill chunks and decode tokens pays on CPU: four requests
+decode while a long prompt arrives, once with `mix_prefill_decode` on and once off (prefill
+steps then run without the decodes); wall time of the whole and the decoders' longest wait
+between two tokens.
 """
 
 from __future__ import annotations
@@ -56,12 +61,41 @@ def on_thread(fn, *args):
     return out[0]
 
 
+def mixed_arrival(engine, mix: bool, long_prompt: int, new_tokens: int) -> dict:
+    """Four short requests decoding, a long prompt arriving with them; the loop mixes or not."""
+    engine.scheduler.mix = mix
+    gaps: list[float] = []
+
+    def decoder(seed: int) -> None:
+        last = [time.perf_counter()]
+
+        def tick(_row, _piece):
+            now = time.perf_counter()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        prompt = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(seed)).tolist()
+        engine.generate([prompt], SamplingParams(max_new_tokens=new_tokens, ignore_eos=True), on_text=tick)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=decoder, args=(i,)) for i in range(4)]
+    long = torch.randint(0, 1000, (long_prompt,), generator=torch.Generator().manual_seed(99)).tolist()
+    threads.append(threading.Thread(target=lambda: engine.generate([long], SamplingParams(max_new_tokens=4))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"mix": mix, "wall_s": time.perf_counter() - start, "longest_gap_s": max(gaps)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model name or path (default: the offline default)")
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--mix", action="store_true", help="also compare mixed and separate prefill steps")
+    parser.add_argument("--long-prompt", type=int, default=2048)
     args = parser.parse_args()
     engine = load_engine(args.model, prefix_cache=False)
     rows = []
@@ -80,6 +114,12 @@ def main() -> None:
     print("|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['context']} | {r['static_tok_s']:.1f} | {r['loop_tok_s']:.1f} | {r['loop_over_static']:.2f} |")
+    if args.mix:
+        engine.runtime.prefill_chunk = engine.scheduler.prefill_chunk = 512
+        mixes = [mixed_arrival(engine, mix, args.long_prompt, args.new_tokens) for mix in (True, False)]
+        print("\n| prefill and decode | wall (s) | decoders' longest gap (s) |\n|---|---:|---:|")
+        for m in mixes:
+            print(f"| {'one forward' if m['mix'] else 'separate steps'} | {m['wall_s']:.1f} | {m['longest_gap_s']:.2f} |")
 
 
 if __name__ == "__main__":
