@@ -37,12 +37,16 @@ def default_model_path() -> Path:
 
 def load_engine(path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu",
                 attention: str | None = None, long_context: str | None = None,
-                long_context_options: dict | None = None, prefill_chunk: int | None = None) -> Engine:
+                long_context_options: dict | None = None, prefill_chunk: int | None = None,
+                quantize: str | None = None) -> Engine:
     """Load a checkpoint folder, a GGUF file or an offline model by name (None: the default) into
     a ready Engine.
 
     attention: backend name from `model_core.attention.ATTENTION` (default: by device).
     long_context: None / "none" (as config.json says), "yarn" or "dca"; options override sizes.
+    quantize: weights kept quantized (`model_core.quantize`): None is "gguf" for GGUF files on
+    the CPU (each tensor at its file's precision), "none" otherwise; "int8" / "int4" / "bf16"
+    quantize any checkpoint at load; "none" keeps float weights (the reference path).
     """
     from model_core.attention import ATTENTION, default_backend
     from model_core.loading import load_model
@@ -52,7 +56,7 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
         raise ModelError(f"unknown attention backend {backend!r}; available: {', '.join(sorted(ATTENTION))}")
     from model_core.paths import resolve_model
 
-    model, config, tokenizer = load_model(resolve_model(path), dtype=dtype, device=device)
+    model, config, tokenizer = load_model(resolve_model(path), dtype=dtype, device=device, quantize=quantize)
     runtime = RuntimeOptions(backend=backend)
     if prefill_chunk:
         runtime.prefill_chunk = prefill_chunk
