@@ -4,7 +4,8 @@
     python -m bench.prefix_cache --model smollm2-135m-instruct --new-tokens 16
 
 1. Follow-ups. A QA-shaped chat prompt (system message, then a document of at least 8,000
-   tokens: the GPL-3 text from /usr/share/common-licenses, then the question), then three other
+   tokens: license texts from /usr/share/common-licenses, GPL-3 then LGPL-2.1 and more until
+   the minimum is reached: 13,246 prompt tokens with Qwen2.5's tokenizer), then three other
    questions on the same document. Each question is asked of two engines over the same weights:
    one with the prefix cache, one without. Time to first token (the first streamed text) of each,
    the answers (greedy, float32) compared token by token.

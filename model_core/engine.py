@@ -162,16 +162,25 @@ class Engine:
         self.window = window or config.max_position_embeddings
         self.dtype = model.lm_head.weight.dtype
         self.serving = serving or ServingOptions()
-        budget = self.serving.kv_budget_tokens or self.window
-        size = self.serving.block_size
-        self.blocks = KVBlocks(-(-budget // size), size, self.serving.prefix_cache)
-        self.scheduler = Scheduler(self.blocks, self.serving.max_batch, self.runtime.prefill_chunk,
-                                   self.serving.mix_prefill_decode)
+        self._scheduler: Scheduler | None = None  # sized at first use (callers may widen window)
         self._pool: KVPool | None = None  # allocated once, when the first request arrives
         self._lock = threading.Condition()
         self._incoming: deque[Request] = deque()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            budget, size = self.serving.kv_budget_tokens or self.window, self.serving.block_size
+            blocks = KVBlocks(-(-budget // size), size, self.serving.prefix_cache)
+            self._scheduler = Scheduler(blocks, self.serving.max_batch, self.runtime.prefill_chunk,
+                                        self.serving.mix_prefill_decode)
+        return self._scheduler
+
+    @property
+    def blocks(self) -> KVBlocks:
+        return self.scheduler.blocks
 
     # --- the caller's side -------------------------------------------------------------------
 
