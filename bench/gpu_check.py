@@ -115,9 +115,9 @@ def random_model(size: str, device: str):
 
 
 def dca_prefill(tokens: int, backend: str, prefill_chunk: int, size: str, device: str) -> dict:
+    from model_core.cache import KVCache
     from model_core.engine import RuntimeOptions, prefill
     from model_core.long_context import configure
-    from model_core.model import KVCache
 
     model, config = random_model(size, device)
     runtime = RuntimeOptions(backend=backend, prefill_chunk=prefill_chunk)

@@ -64,8 +64,8 @@ def measure(length: int, mode: str, backend: str, prefill_chunk: int) -> dict:
     """One point, in this process: prefill `length` random tokens into a fresh cache."""
     import torch
 
+    from model_core.cache import KVCache
     from model_core.engine import prefill
-    from model_core.model import KVCache
 
     model, config, runtime = build(mode, backend, prefill_chunk)
     prompt = torch.randint(

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_core.config import KNOWN_SIZES, ModelConfig
-from model_core.engine import Engine, Generation, RuntimeOptions
+from model_core.engine import Engine, EngineStats, Generation, RuntimeOptions, ServingOptions
 from model_core.errors import (
     CheckpointError,
+    KVBudgetError,
     ModelError,
     PromptTooLongError,
     SamplingError,
@@ -21,8 +22,9 @@ from model_core.errors import (
 from model_core.sampling import SamplingParams
 
 __all__ = [
-    "KNOWN_SIZES", "CheckpointError", "Engine", "Generation", "ModelConfig", "ModelError",
-    "PromptTooLongError", "RuntimeOptions", "SamplingError", "SamplingParams",
+    "KNOWN_SIZES", "CheckpointError", "Engine", "EngineStats", "Generation", "KVBudgetError",
+    "ModelConfig", "ModelError", "PromptTooLongError", "RuntimeOptions", "SamplingError",
+    "SamplingParams", "ServingOptions",
     "UnsupportedArchitectureError", "default_model_path", "load_engine",
 ]
 
@@ -37,12 +39,18 @@ def default_model_path() -> Path:
 
 def load_engine(path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu",
                 attention: str | None = None, long_context: str | None = None,
-                long_context_options: dict | None = None, prefill_chunk: int | None = None) -> Engine:
+                long_context_options: dict | None = None, prefill_chunk: int | None = None,
+                kv_budget_tokens: int | None = None, prefix_cache: bool | float = True,
+                max_batch: int | None = None) -> Engine:
     """Load a checkpoint folder, a GGUF file or an offline model by name (None: the default) into
     a ready Engine.
 
     attention: backend name from `model_core.attention.ATTENTION` (default: by device).
     long_context: None / "none" (as config.json says), "yarn" or "dca"; options override sizes.
+    kv_budget_tokens: the engine loop's KV memory, allocated once (None: the model's window).
+    prefix_cache: reuse the KV of repeated prompt prefixes; True keeps unreferenced cached blocks
+    in up to the whole budget, a float in [0, 1] is that share, False / 0 turns it off.
+    max_batch: the most requests the loop runs at once (None: ServingOptions' default).
     """
     from model_core.attention import ATTENTION, default_backend
     from model_core.loading import load_model
@@ -59,4 +67,7 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
     from model_core.long_context import configure  # also applies config.json's YaRN / DCA blocks
 
     model, config, runtime, window = configure(model, config, runtime, long_context, long_context_options or {})
-    return Engine(model, config, tokenizer, device=device, runtime=runtime, window=window)
+    serving = ServingOptions(kv_budget_tokens=kv_budget_tokens, prefix_cache=float(prefix_cache))
+    if max_batch:
+        serving.max_batch = max_batch
+    return Engine(model, config, tokenizer, device=device, runtime=runtime, window=window, serving=serving)

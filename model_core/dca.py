@@ -16,15 +16,15 @@ that every relative position stays in [0, chunk_size] (vLLM / ChunkLlama convent
 
 A sequence that fits in one chunk sees exactly plain RoPE attention (one partition, no LSE).
 
-Temperature (vLLM's DCA "YaRN"): the logits are multiplied by s² with
-`s = max(1, 0.1·ln(L / original) + 1)`, L the length of the request's sequence:
-- prefill, whole or in chunks: L = the prompt's length (`ForwardContext.seq_lens`, set by the
-  engine), so every prompt token gets the same s and chunked prefill equals one-shot prefill;
-- decode: L = the current length of that row (its position + 1), per row.
-As vLLM, `original = 0` turns the temperature off. Departure from vLLM: vLLM multiplies the keys
-by s when it writes them to the cache (prompt keys keep s(prompt length) for ever) and q by the
-decode step's s; we store the keys without temperature and multiply q by s², so within one step
-every key gets the same temperature. Within `original` tokens both are exactly plain attention.
+Temperature (vLLM's DCA "YaRN"): the logits of a query at position p are multiplied by s² with
+`s = max(1, 0.1·ln((p + 1) / original) + 1)`: each token's temperature depends on its own
+position only (in decode, p + 1 is the row's current length, as in vLLM). As vLLM, `original = 0`
+turns the temperature off. Departures from vLLM: vLLM multiplies the keys by s when it writes
+them to the cache and q by the step's s, and gives every prompt token s(prompt length); we store
+the keys without temperature and multiply each query by its own s². That makes a prefix's KV
+(in every layer) independent of what follows it, so a prefill that starts from a cached prefix,
+or runs in chunks, equals one fresh prefill of the whole prompt; within `original` tokens both
+are exactly plain attention.
 
 Prefill processes the input chunk by DCA chunk (a prefill piece may straddle a boundary). Decode
 groups rows by chunk index, so rows at different positions share calls whenever they share a
@@ -42,7 +42,7 @@ from model_core.attention import ATTENTION, merge_partials
 from model_core.rope import apply_rope, cos_sin
 
 if TYPE_CHECKING:
-    from model_core.model import ForwardContext, RotaryEmbedding
+    from model_core.cache import ForwardContext
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class DcaOptions:
 
 
 def temperature(seq_lens: torch.Tensor, original: int) -> torch.Tensor:
-    """s = max(1, 0.1·ln(L / original) + 1) per row (float64); ones when original is 0."""
+    """s = max(1, 0.1·ln(L / original) + 1) elementwise (float64); ones when original is 0."""
     lens = seq_lens.double()
     if original <= 0:
         return torch.ones_like(lens)
@@ -82,7 +82,7 @@ class _Rotary:
 
 
 def _rotary(
-    ctx: ForwardContext, rope: RotaryEmbedding, opts: DcaOptions, dtype: torch.dtype
+    ctx: ForwardContext, rope, opts: DcaOptions, dtype: torch.dtype
 ) -> _Rotary:
     """Computed once per forward (shared by all layers) and kept in ctx.mode_state."""
     if "dca_rotary" not in ctx.mode_state:
@@ -104,7 +104,7 @@ def dca_attention(
     v: torch.Tensor,
     ctx: ForwardContext,
     layer: int,
-    rope: RotaryEmbedding,
+    rope,
 ) -> torch.Tensor:
     """ATTENTION_MODES["dca"]: q (B, Hq, T, D), k/v (B, Hkv, T, D) un-rotated -> (B, Hq, T, D)."""
     opts = DcaOptions.from_mode_options(ctx.mode_options)
@@ -121,11 +121,9 @@ def dca_attention(
         ctx.cache.write(layer, ctx.rows, ctx.positions, k, v)
         keys, values = ctx.cache.read(layer, ctx.rows, int(kv_lens.max()))
         key_base = 0
-    s = temperature(
-        ctx.seq_lens if ctx.seq_lens is not None else kv_lens, opts.original_max_position_embeddings
-    )
+    s = temperature(ctx.positions + 1, opts.original_max_position_embeddings)  # (B, T)
     if bool((s > 1).any()):
-        q = q * (s * s).to(q.dtype)[:, None, None, None]  # logits x s², as s on both q and k
+        q = q * (s * s).to(q.dtype)[:, None, :, None]  # each query's logits x s² of its position
     queries = _Queries(q, rotary)
     if q.shape[2] == 1 and q.shape[0] > 1:
         return _decode(

@@ -24,3 +24,7 @@ class SamplingError(ModelError):
 
 class ChatTemplateError(ModelError):
     """The chat template rejected the messages (its `raise_exception`), or there is no template."""
+
+
+class KVBudgetError(ModelError):
+    """A request that could never fit the engine's KV budget, even alone."""

@@ -6,104 +6,32 @@ RoPE, tied embeddings; MoE layers with softmax top-k routing (optionally renorma
 sigmoid-gated shared expert. Llama is the same graph without the QKV bias.
 
 Departures from transformers:
-- State is explicit: `forward(input_ids, ctx)` takes a `ForwardContext` with positions, the KV
-  cache and its rows, the attention backend and mode. No hidden cache objects.
-- The KV cache (`KVCache`) is preallocated with static shapes and indexed by position.
+- State is explicit: `forward(input_ids, ctx)` takes a `model_core.cache.ForwardContext` with
+  positions, the KV cache, the attention backend and mode. No hidden cache objects; the caches
+  live in model_core/cache.py.
+- A batch may be packed: input (1, N) holding several sequences (`ctx.segments`); the linear
+  layers run over all N tokens at once, attention per sequence.
 - `forward` returns logits of the last position only unless asked (full-sequence logits at 128K
-  would be 37 GiB for Qwen2's vocabulary).
-- Attention *modes* (`ATTENTION_MODES`: plain RoPE attention; DCA registers another) decide how
-  positions enter attention; attention *backends* (`attention.ATTENTION`) compute it.
+  would be 37 GiB for Qwen2's vocabulary), or of the packed tokens at `ctx.logits_at`.
+- Attention *modes* (`modes.ATTENTION_MODES`: "plain" RoPE attention, "dca") decide how positions
+  enter attention; this file only looks them up. Attention *backends* (`attention.ATTENTION`)
+  compute it.
+
+Read top-down: rotary embedding, norm, MLP, MoE block, attention, decoder layer, model, LM head.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_core.attention import ATTENTION
+from model_core.cache import ForwardContext
 from model_core.config import ModelConfig
-from model_core.dca import dca_attention
-from model_core.rope import apply_rope, cos_sin, rope_for
-
-
-class KVCache:
-    """Keys and values of every layer, allocated once: (layers, batch, kv_heads, max_len, head_dim).
-
-    Slot s of row b holds the token at position s of that row, so a row's length is its next
-    position. Keys are stored as the attention mode writes them (plain mode: rotated by RoPE).
-    """
-
-    def __init__(self, config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str):
-        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-
-    def write(self, layer: int, rows: slice, positions: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> None:
-        """Store k, v (B, Hkv, T, D) for tokens at `positions` (B, T) of `rows`."""
-        if k.shape[2] == 1 and k.shape[0] > 1:  # batched decode: each row at its own position
-            pos = positions[:, 0]
-            batch_idx = torch.arange(rows.start, rows.start + k.shape[0], device=k.device)
-            self.k[layer, batch_idx, :, pos] = k[:, :, 0]
-            self.v[layer, batch_idx, :, pos] = v[:, :, 0]
-        else:  # prefill, or one row: a contiguous span at the same position in every row
-            start = int(positions[0, 0])
-            self.k[layer, rows, :, start : start + k.shape[2]] = k
-            self.v[layer, rows, :, start : start + k.shape[2]] = v
-
-    def read(self, layer: int, rows: slice, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the first `length` slots: (B, Hkv, length, D)."""
-        return self.k[layer, rows, :, :length], self.v[layer, rows, :, :length]
-
-
-@dataclass
-class ForwardContext:
-    """Everything a forward pass needs besides the token ids."""
-
-    positions: torch.Tensor  # (B, T) absolute positions of the input tokens
-    cache: KVCache | None = None  # None: attend within the input only (a one-shot forward)
-    rows: slice = field(default_factory=lambda: slice(0, 1))  # cache rows of the B inputs
-    backend: str = "sdpa"  # key of attention.ATTENTION
-    mode: str = "plain"  # key of ATTENTION_MODES
-    mode_options: dict[str, Any] = field(default_factory=dict)  # e.g. DCA chunk sizes
-    last_only: bool = True  # logits of the last position only
-    cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None  # filled by the model per forward
-    # (B,) length of the sequence each row belongs to: the whole prompt while it is prefilled in
-    # chunks; None means kv_lens (decode, one-shot forward). DCA's temperature reads it.
-    seq_lens: torch.Tensor | None = None
-    mode_state: dict[str, Any] = field(default_factory=dict)  # per-forward scratch of the mode
-
-    @property
-    def kv_lens(self) -> torch.Tensor:
-        return self.positions[:, -1] + 1  # (B,) keys each row sees after this step
-
-
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
-                    layer: int, rope: RotaryEmbedding) -> torch.Tensor:
-    """RoPE at the tokens' own positions, then causal attention over the cache (or the input)."""
-    cos, sin = ctx.cos_sin
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if ctx.cache is None:
-        out, _ = ATTENTION[ctx.backend](q, k, v, causal=True)
-        return out
-    ctx.cache.write(layer, ctx.rows, ctx.positions, k, v)
-    kv_lens = ctx.kv_lens
-    k_all, v_all = ctx.cache.read(layer, ctx.rows, int(kv_lens.max()))
-    uniform = q.shape[0] == 1 or bool((kv_lens == kv_lens[0]).all())
-    out, _ = ATTENTION[ctx.backend](q, k_all, v_all, causal=True, kv_lens=None if uniform else kv_lens)
-    return out
-
-
-AttentionMode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardContext, int, "RotaryEmbedding"],
-                         torch.Tensor]
-ATTENTION_MODES: dict[str, AttentionMode] = {"plain": plain_attention, "dca": dca_attention}
+from model_core.modes import ATTENTION_MODES
+from model_core.rope import cos_sin, rope_for
 
 
 class RotaryEmbedding(nn.Module):
@@ -190,7 +118,15 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        out = ATTENTION_MODES[ctx.mode](q, k, v, ctx, self.layer_idx, rope)  # (B, Hq, T, D)
+        mode = ATTENTION_MODES[ctx.mode]
+        if ctx.segments is None:
+            out = mode(q, k, v, ctx, self.layer_idx, rope)  # (B, Hq, T, D)
+        else:  # packed sequences (B = 1): each attends over its own cache
+            out = torch.cat([
+                mode(q[:, :, s.start : s.stop], k[:, :, s.start : s.stop], v[:, :, s.start : s.stop],
+                     s.ctx, self.layer_idx, rope)
+                for s in ctx.segments
+            ], dim=2)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -222,6 +158,8 @@ class Qwen2Model(nn.Module):
         x = self.embed_tokens(input_ids)  # (B, T, H)
         if ctx.mode == "plain":
             ctx.cos_sin = self.rotary_emb(ctx.positions, x.dtype)
+            for s in ctx.segments or ():
+                s.ctx.cos_sin = tuple(t[:, :, s.start : s.stop] for t in ctx.cos_sin)
         for layer in self.layers:
             x = layer(x, ctx, self.rotary_emb)
         return self.norm(x)
@@ -237,9 +175,12 @@ class Qwen2ForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """Logits (B, V) of each row's last token, or (B, T, V) when ctx.last_only is False."""
+        """Logits (B, V) of each row's last token, (B, T, V) when ctx.last_only is False, or
+        (len(ctx.logits_at), V) for a packed input."""
         hidden = self.model(input_ids, ctx)
-        if ctx.last_only:
+        if ctx.logits_at is not None:
+            hidden = hidden[0, ctx.logits_at]
+        elif ctx.last_only:
             hidden = hidden[:, -1]
         return self.lm_head(hidden).float()
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model_core.attention import ATTENTION, eager_attention, merge_partials
+from model_core.cache import ForwardContext
 from model_core.dca import DcaOptions, dca_attention
-from model_core.model import ForwardContext
-from tests.model_core.test_dca import dense_oracle, random_qkv, rope
+from tests.model_core.dca_oracle import dense_oracle, random_qkv, rope
 
 
 def device_cases():
@@ -183,8 +183,8 @@ def test_flash_wrapper_converts_layouts_and_lse(fake_flash_attn, case):
 
 def test_dca_prefill_and_decode_through_the_flash_wrapper(fake_flash_attn, monkeypatch):
     from model_core.attention import flash_attention
+    from model_core.cache import KVCache
     from model_core.config import ModelConfig
-    from model_core.model import KVCache
 
     monkeypatch.setitem(ATTENTION, "flash", flash_attention)
     opts = DcaOptions(chunk_size=12, local_size=4, original_max_position_embeddings=16)
@@ -192,7 +192,7 @@ def test_dca_prefill_and_decode_through_the_flash_wrapper(fake_flash_attn, monke
     want = dense_oracle(q, k, v, opts, rope().inv_freq)
     config = ModelConfig(num_hidden_layers=1, num_key_value_heads=2, head_dim=8)
     cache = KVCache(config, 1, q.shape[2], torch.bfloat16, "cpu")
-    seq_len, prompt = torch.tensor([q.shape[2]]), q.shape[2] - 4
+    prompt = q.shape[2] - 4
     q, k, v = (t.bfloat16() for t in (q, k, v))
     outs = []
     for start, stop in [(0, 13), (13, prompt)] + [(p, p + 1) for p in range(prompt, q.shape[2])]:
@@ -202,7 +202,6 @@ def test_dca_prefill_and_decode_through_the_flash_wrapper(fake_flash_attn, monke
             backend="flash",
             mode="dca",
             mode_options=vars(opts).copy(),
-            seq_lens=seq_len,
         )
         outs.append(
             dca_attention(

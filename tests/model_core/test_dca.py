@@ -3,65 +3,15 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from model_core.cache import ForwardContext, KVCache
 from model_core.config import ModelConfig
 from model_core.dca import DcaOptions, dca_attention, temperature
-from model_core.model import ForwardContext, KVCache, plain_attention
-
-HEAD_DIM, Q_HEADS, KV_HEADS = 8, 4, 2  # grouped-query attention: two query heads per key head
-
-
-def rope(theta: float = 100.0) -> SimpleNamespace:
-    exponents = torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM
-    return SimpleNamespace(inv_freq=1.0 / theta**exponents, attention_factor=1.0)
-
-
-def random_qkv(length: int, seed: int, batch: int = 1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, Q_HEADS, length, HEAD_DIM, generator=gen, dtype=dtype)
-    k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, generator=gen, dtype=dtype)
-    v = torch.randn(batch, KV_HEADS, length, HEAD_DIM, generator=gen, dtype=dtype)
-    return q, k, v
-
-
-def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """RoPE applied in float64 with cos/sin tables made in float32, as the model's are."""
-    angles = positions[:, None].float() * inv_freq.float()  # (N, D/2)
-    cos, sin = angles.cos().double().repeat(1, 2), angles.sin().double().repeat(1, 2)
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def dense_oracle(q, k, v, opts: DcaOptions, inv_freq, seq_len: int | None = None) -> torch.Tensor:
-    """The paper's Eq. 8: one softmax over logits whose query position depends on chunk distance."""
-    length, chunk_len = q.shape[2], opts.chunk_len
-    pos = torch.arange(length)
-    query_pos = [
-        pos % chunk_len,
-        (pos % chunk_len + chunk_len).clamp(max=opts.chunk_size),
-        torch.full_like(pos, opts.chunk_size),
-    ]  # intra, successive, inter
-    keys = rotate(k.double(), pos % chunk_len, inv_freq).repeat_interleave(
-        Q_HEADS // KV_HEADS, dim=1
-    )
-    distance = (pos[:, None] // chunk_len - pos[None, :] // chunk_len).clamp(
-        max=2
-    )  # (N, N): 0, 1, 2+
-    logits = torch.zeros(q.shape[0], Q_HEADS, length, length, dtype=torch.float64)
-    for kind, qp in enumerate(query_pos):
-        scores = rotate(q.double(), qp, inv_freq) @ keys.transpose(-1, -2)
-        logits = torch.where(distance == kind, scores, logits)
-    s = float(
-        temperature(torch.tensor([seq_len or length]), opts.original_max_position_embeddings)[0]
-    )
-    logits = logits * s * s / math.sqrt(HEAD_DIM)
-    logits = logits.masked_fill(pos[None, :] > pos[:, None], float("-inf"))
-    values = v.double().repeat_interleave(Q_HEADS // KV_HEADS, dim=1)
-    return torch.softmax(logits, dim=-1) @ values
+from model_core.modes import plain_attention
+from tests.model_core.dca_oracle import HEAD_DIM, KV_HEADS, dense_oracle, random_qkv, rope
 
 
 def dca_context(
@@ -70,7 +20,6 @@ def dca_context(
     backend: str,
     cache=None,
     rows=slice(0, 1),
-    seq_lens=None,
 ) -> ForwardContext:
     options = {
         "chunk_size": opts.chunk_size,
@@ -84,7 +33,6 @@ def dca_context(
         backend=backend,
         mode="dca",
         mode_options=options,
-        seq_lens=seq_lens,
     )
 
 
@@ -167,15 +115,10 @@ def test_chunked_prefill_then_decode_equals_one_shot(backend, piece):
     length, prompt = 40, 29
     q, k, v = random_qkv(length, seed=piece)
     cache = tiny_cache(1, length)
-    seq_len = torch.tensor(
-        [length]
-    )  # one temperature for every step, so all steps see the same logits
-    outs = []
+    outs = []  # each query's temperature comes from its own position, so every split agrees
     for start in list(range(0, prompt, piece)) + list(range(prompt, length)):
         stop = min(start + piece, prompt) if start < prompt else start + 1
-        ctx = dca_context(
-            opts, torch.arange(start, stop)[None], backend, cache=cache, seq_lens=seq_len
-        )
+        ctx = dca_context(opts, torch.arange(start, stop)[None], backend, cache=cache)
         outs.append(
             dca_attention(
                 q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop], ctx, 0, rope()
