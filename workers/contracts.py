@@ -254,6 +254,7 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    ignore_eos: bool | None = None  # vLLM's extension: generate max_tokens regardless (benchmarks)
 
     @field_validator("messages")
     @classmethod
