@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # serving: one engine loop per GPU worker process, fed by this many jobs at once (threads)
     worker_slots: int = 16
     kv_budget_tokens: int | None = None  # KV memory of the engine, in tokens (None: its default)
-    prefix_cache: bool | None = None  # reuse KV of repeated prompt prefixes (None: engine default, on)
+    prefix_cache: bool | float | None = None  # reuse KV of repeated prefixes; a float: its share of the budget
     max_batch: int | None = None  # requests per engine step (None: engine default)
     stats_interval_s: float = 2.0  # how often a worker publishes its engine's figures
     affinity_ttl_s: float = 900.0  # how long a follow-up prefers the worker holding its prefix
