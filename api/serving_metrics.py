@@ -4,7 +4,7 @@ Workers publish `Engine.stats()` to Redis every few seconds with an expiry
 (`workers.runtime.Runtime._publish_stats`, key `{prefix}:stats:{worker}`); this collector reads
 them at each scrape and exports one gauge per figure, labelled by worker: requests running and
 waiting, KV blocks total/used/cached, the prefix-cache hit rate (cached over prompt tokens since
-the worker started), generated tokens/s over the last interval and jobs in flight. A worker that
+the worker started), generated tokens/s over the last 10 s and jobs in flight. A worker that
 stopped publishing drops out when its key expires. Redis away: no serving figures, the rest of
 /metrics still answers.
 """
@@ -25,7 +25,7 @@ GAUGES: dict[str, tuple[str, str]] = {  # exported name -> (published figure, he
     "longctx_engine_kv_blocks_total": ("kv_blocks_total", "KV cache blocks of the budget"),
     "longctx_engine_kv_blocks_used": ("kv_blocks_used", "KV cache blocks in use"),
     "longctx_engine_kv_blocks_cached": ("kv_blocks_cached", "KV blocks held only by the prefix cache"),
-    "longctx_engine_tokens_per_second": ("tokens_per_s", "Generated tokens per second, last interval"),
+    "longctx_engine_tokens_per_second": ("tokens_per_s", "Generated tokens per second, last 10 s"),
     "longctx_engine_preemptions": ("preemptions", "Requests preempted for memory (cumulative)"),
     "longctx_worker_jobs_in_flight": ("jobs_in_flight", "Jobs a GPU worker is running"),
     "longctx_worker_slots": ("slots", "Jobs a GPU worker may run at once"),

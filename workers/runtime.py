@@ -19,6 +19,7 @@ host requeued it first (`workers.celery_app`) or Celery redelivered it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import importlib
@@ -38,6 +39,7 @@ from workers.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+RATE_WINDOW_S = 10.0  # tokens/s on /metrics: generated tokens over about this long
 
 
 class Runtime:
@@ -65,18 +67,21 @@ class Runtime:
             return self._engine
 
     def _publish_stats(self) -> None:
-        """Every `stats_interval_s`: the engine's figures, jobs in flight and tokens/s since the
-        last round, under this worker's name, expiring after three missed rounds."""
+        """Every `stats_interval_s`: the engine's figures, jobs in flight and tokens/s over the
+        last `RATE_WINDOW_S`, under this worker's name, expiring after three missed rounds."""
         from workers.celery_app import node_name
 
         interval = self.settings.stats_interval_s
-        last: tuple[float, int] | None = None
+        seen: collections.deque[tuple[float, int]] = collections.deque()
         while True:
             try:
                 figures = dataclasses.asdict(self._engine.stats())
                 now, generated = time.monotonic(), figures.get("generated_tokens", 0)
-                rate = (generated - last[1]) / (now - last[0]) if last else 0.0
-                last = (now, generated)
+                seen.append((now, generated))
+                while len(seen) > 2 and now - seen[1][0] >= RATE_WINDOW_S:
+                    seen.popleft()
+                span = now - seen[0][0]
+                rate = (generated - seen[0][1]) / span if span > 0 else 0.0
                 figures.update(tokens_per_s=rate, jobs_in_flight=len(IN_FLIGHT),
                                slots=self.settings.worker_slots, at=time.time())  # fmt: skip
                 self.jobs.publish_stats(node_name(), figures, ttl_s=3 * interval)
