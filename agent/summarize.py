@@ -151,9 +151,11 @@ def summarize_text(
 
 
 def _prompt(body: str, title: str, instructions: str | None, partial: bool) -> str:
-    what = f"part of {title}" if partial else title
+    """What repeats comes first (the prefix cache reuses it): the fixed instruction, then the
+    caller's instructions (the same for a whole batch), then the title, then the text."""
     extra = f"\n{instructions}" if instructions and not partial else ""
-    return f"Summarize {what} in a few sentences.{extra}\n\nText:\n{body}"
+    what = "Part of" if partial else "Title"
+    return f"Summarize the text below in a few sentences.{extra}\n\n{what}: {title}\nText:\n{body}"
 
 
 def split_to_fit(text: str, budget: int, count_tokens: Callable[[str], int]) -> list[str]:

@@ -17,7 +17,7 @@ from celery import Celery
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from api import errors
+from api import errors, serving_metrics
 from api.routes import documents, health, jobs, openai
 from workers.contracts import Settings, celery_config, get_settings
 from workers.jobstore import JobStore, dispatch
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs = JobStore.connect(settings)
     app.state.celery = celery
     app.state.metrics = Metrics()
+    serving_metrics.register(app.state.metrics.registry, app.state.jobs)
     app.state.log = log
     errors.install(app)
     for module in (documents, jobs, openai, health):

@@ -1,8 +1,10 @@
 """`longctx serve`, `longctx worker`, `longctx up`: the service's processes.
 
 - `serve`: the API under uvicorn (it loads no model).
-- `worker [--queues gpu,cpu]`: a Celery worker; one process per GPU on the gpu queue (the
-  default concurrency is 1), the model loaded once per process right after the fork.
+- `worker [--queues gpu,cpu]`: a Celery worker. With the gpu queue: one process per GPU, Celery's
+  threads pool with `LONGCTX_WORKER_SLOTS` (default 16) jobs in flight, all feeding the one
+  engine loop of the process (the model loaded once, when the worker is ready). The cpu queue
+  alone: prefork, `--concurrency` processes (default 1).
 - `up`: everything on one machine: redis-server if none answers at LONGCTX_REDIS_URL (data
   kept under the data folder), one worker on both queues, the API; prints the URL when ready
   and stops what it started on Ctrl-C.
@@ -38,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--queues", default="gpu,cpu", help="comma-separated queues to consume (default: gpu,cpu)"
     )
     worker.add_argument(
-        "--concurrency", type=int, default=1, help="worker processes (one per GPU; default 1)"
-    )
+        "--concurrency", type=int, default=None,
+        help="jobs in flight (gpu: threads, default LONGCTX_WORKER_SLOTS; cpu only: processes, default 1)",
+    )  # fmt: skip
     worker.add_argument(
         "--name", default=None, help="worker node name (default: longctx-<queues>@<host>)"
     )
@@ -104,12 +107,17 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CliError(
             f"unknown queue(s) {', '.join(unknown) or '(none)'}; use gpu, cpu or gpu,cpu"
         )
+    from workers.contracts import get_settings
+
     if "gpu" in queues:
-        os.environ.setdefault("LONGCTX_WARMUP", "1")  # load the model right after each fork
+        os.environ.setdefault("LONGCTX_WARMUP", "1")  # load the model as soon as it is ready
+        pool, concurrency = "threads", args.concurrency or get_settings().worker_slots
+    else:
+        pool, concurrency = "prefork", args.concurrency or 1
     from workers.celery_app import app
 
     name = args.name or f"longctx-{'-'.join(queues)}@%h"
-    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(args.concurrency), "-P", "prefork",
+    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool,
                      "-n", name, "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])  # fmt: skip
     return 0
 

@@ -5,7 +5,8 @@ Tool calls: the agent layer's `EngineChat` renders the tools in the model's form
 markers otherwise) and the reply is parsed with the matching parser. While streaming, text is passed on as
 `token` events only outside tool-call blocks, and each complete call becomes a `tool_call`
 event, so a client never sees raw markup. Departure from OpenAI: the default temperature is 0
-(greedy), which makes answers repeatable; `n` must be 1; penalties are accepted and ignored.
+(greedy), which makes answers repeatable; `n` must be 1; penalties are accepted and ignored;
+vLLM's `ignore_eos` extension is honoured (benchmarks ask for an exact number of tokens).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def complete_chat(
         top_p=request.top_p or 1.0,
         seed=request.seed,
         stop=[request.stop] if isinstance(request.stop, str) else list(request.stop or []),
+        ignore_eos=bool(request.ignore_eos),
     )
     backend = EngineChat(engine)
     tool_format = backend.tool_format.parser

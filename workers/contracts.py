@@ -8,6 +8,7 @@ message carries only the job id, the request lives in the job record (see `worke
 
 from __future__ import annotations
 
+import hashlib
 import json
 from enum import Enum
 from functools import lru_cache
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # deliveries of one job before it is failed (no redelivery loops)
     sync_wait_s: float = 600.0  # how long /v1/chat/completions waits for its job
     redis_timeout_s: float = 5.0
+    # serving: one engine loop per GPU worker process, fed by this many jobs at once (threads)
+    worker_slots: int = 16
+    kv_budget_tokens: int | None = None  # KV memory of the engine, in tokens (None: its default)
+    prefix_cache: bool | float | None = None  # reuse KV of repeated prefixes; a float: its share of the budget
+    max_batch: int | None = None  # requests per engine step (None: engine default)
+    stats_interval_s: float = 2.0  # how often a worker publishes its engine's figures
+    affinity_ttl_s: float = 900.0  # how long a follow-up prefers the worker holding its prefix
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for `model_core.load_engine` beyond path, dtype and device (set ones only)."""
@@ -77,6 +85,9 @@ class Settings(BaseSettings):
             options["long_context_options"] = {k: v for k, v in sizes.items() if v is not None}
         if self.quantize:
             options["quantize"] = self.quantize
+        serving = {"kv_budget_tokens": self.kv_budget_tokens, "prefix_cache": self.prefix_cache,
+                   "max_batch": self.max_batch}  # fmt: skip
+        options.update({k: v for k, v in serving.items() if v is not None})
         return options
 
     def api_key_list(self) -> list[str]:
@@ -115,6 +126,27 @@ QUEUES: dict[JobKind, str] = {
     JobKind.summarize: "gpu",
     JobKind.chat: "gpu",
 }
+
+
+def worker_queue(worker: str) -> str:
+    """The private queue of one GPU worker: follow-ups whose prefix it holds are sent there."""
+    return f"gpu.{worker}"
+
+
+def prefix_key(kind: JobKind, request: dict[str, Any]) -> str | None:
+    """What a job's prompt starts with, hashed: jobs with the same key share a cached prefix.
+
+    QA and summaries start with their documents (the prompt layout puts them before the
+    question); a chat starts with its first message (the system prompt or the opening turn, the
+    same for every turn of one conversation). Agent tasks and CPU jobs have no key.
+    """
+    if kind in (JobKind.qa, JobKind.summarize) and request.get("document_ids"):
+        basis: Any = ["docs", sorted(request["document_ids"])]
+    elif kind == JobKind.chat and request.get("messages"):
+        basis = ["chat", request["messages"][0], request.get("tools")]
+    else:
+        return None
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -225,6 +257,7 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    ignore_eos: bool | None = None  # vLLM's extension: generate max_tokens regardless (benchmarks)
 
     @field_validator("messages")
     @classmethod

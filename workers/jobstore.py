@@ -8,6 +8,11 @@ A job lives in Redis as one hash `{prefix}:job:{id}` whose fields hold JSON valu
 - `{prefix}:leases`           a sorted set job id -> lease expiry, refreshed by the worker's
   heartbeat; the reaper fails running jobs whose lease ran out (their worker died and the
   message was not redelivered);
+- `{prefix}:affinity:{key}`   the GPU worker that last ran a job whose prompt starts with the
+  prefix `key` (`workers.contracts.prefix_key`), with an expiry: follow-ups are sent to that
+  worker's own queue while it is alive and has a free slot, to the shared queue otherwise;
+- `{prefix}:stats:{worker}`   the serving figures a GPU worker publishes (engine stats, slots),
+  with an expiry, read by the API's /metrics;
 - `{prefix}:outbox`           a sorted set job id -> time of its last send, for jobs no worker
   has claimed yet; the reaper sends them again after `requeue_after_s` (an accepted job is
   never lost, whether the message never left or was stranded by a Redis restart).
@@ -25,17 +30,22 @@ from typing import Any
 
 import redis
 from pydantic import BaseModel
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 from workers.contracts import (
     QUEUES,
     REQUEST_TYPES,
     TASK_NAMES,
+    TERMINAL,
     DocumentRecord,
     Job,
     JobError,
     JobKind,
     JobStatus,
     Settings,
+    prefix_key,
+    worker_queue,
 )
 
 
@@ -113,6 +123,18 @@ return 1
 """
 
 
+# Put a running job whose worker died back in the queue (its successor on the host found it).
+# KEYS: job, leases, outbox ; ARGV: id, now, dead holder (JSON). Returns 1 when requeued.
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'status', '"queued"', 'updated_at', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
+"""
+
+
 def new_job_id() -> str:
     return "job_" + uuid.uuid4().hex
 
@@ -131,14 +153,19 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._requeue = client.register_script(_REQUEUE)
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
+        """A client that retries a failed command a few times (redis-py's `Retry`, exponential
+        backoff with jitter up to 0.5 s) before the caller sees the error."""
         client = redis.Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s + 10,  # above the longest XREAD block
             health_check_interval=10,
+            retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), retries=3),
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         )
         return cls(client, settings)
 
@@ -335,6 +362,41 @@ class JobStore:
             for k, v in self.redis.hgetall(self.job_key(job_id, "parts")).items()
         }
 
+    def requeue_orphan(self, job_id: str, holder: str) -> bool:
+        """A running job of a worker known dead goes back to `queued` (and into the outbox)."""
+        return bool(self._requeue(
+            keys=[self.job_key(job_id), self.key("leases"), self.key("outbox")],
+            args=[job_id, time.time(), json.dumps(holder)],
+        ))  # fmt: skip
+
+    def running_jobs(self) -> list[Job]:
+        """The jobs that hold a lease (running somewhere)."""
+        jobs = []
+        for raw in self.redis.zrange(self.key("leases"), 0, -1):
+            try:
+                jobs.append(self.get(raw.decode()))
+            except JobNotFound:
+                continue
+        return [job for job in jobs if job.status not in TERMINAL]
+
+    # routing of follow-ups to the worker that holds their prefix
+    def remember_prefix(self, job: Job, worker: str) -> None:
+        key = prefix_key(job.kind, job.request)
+        if key:
+            self.redis.set(self.key("affinity", key), worker, ex=int(self.settings.affinity_ttl_s))
+
+    def route(self, job: Job) -> str:
+        """The queue for a job: the private queue of the live worker that ran a job with the
+        same prefix, if it has a free slot; the shared queue of its kind otherwise."""
+        key = prefix_key(job.kind, job.request)
+        holder = self.redis.get(self.key("affinity", key)) if key else None
+        if holder:
+            announced = self.redis.get(self.key("worker", holder.decode()))
+            state = json.loads(announced) if announced else {}
+            if state and state.get("busy", 0) < state.get("slots", 1):
+                return worker_queue(holder.decode())
+        return QUEUES[job.kind]
+
     # reaper
     def reap(self, dispatch=None, now: float | None = None) -> dict[str, int]:
         """Fail running jobs whose lease ran out; re-send queued jobs nobody claimed in time.
@@ -396,12 +458,27 @@ class JobStore:
         return bool(self.redis.hdel(self.key("documents"), document_id))
 
     # workers announce themselves so /readyz can tell whether anyone will run a job
-    def announce_worker(self, name: str, queues: list[str], ttl_s: float) -> None:
+    def announce_worker(
+        self, name: str, queues: list[str], ttl_s: float, busy: int = 0, slots: int = 1
+    ) -> None:
+        """`busy` of `slots` jobs in flight: routing sends follow-ups only to a worker with room."""
         self.redis.set(
             self.key("worker", name),
-            json.dumps({"queues": queues, "at": time.time()}),
+            json.dumps({"queues": queues, "at": time.time(), "busy": busy, "slots": slots}),
             ex=max(1, int(ttl_s)),
         )
+
+    def publish_stats(self, name: str, stats: dict[str, Any], ttl_s: float) -> None:
+        self.redis.set(self.key("stats", name), json.dumps(stats), ex=max(1, int(ttl_s)))
+
+    def serving_stats(self) -> dict[str, dict[str, Any]]:
+        """The figures each live GPU worker published last (see `workers.runtime.StatsPublisher`)."""
+        found = {}
+        for key in self.redis.scan_iter(match=self.key("stats", "*"), count=100):
+            raw = self.redis.get(key)
+            if raw:
+                found[key.decode().rsplit(":", 1)[-1]] = json.loads(raw)
+        return found
 
     def live_workers(self) -> dict[str, list[str]]:
         workers = {}
@@ -413,6 +490,7 @@ class JobStore:
 
 
 def dispatch(celery_app: Any, jobs: JobStore, job: Job) -> None:
-    """Send the Celery message of a job (by task name: the sender never imports the task)."""
-    celery_app.send_task(TASK_NAMES[job.kind], args=[job.id], queue=QUEUES[job.kind])
+    """Send the Celery message of a job (by task name: the sender never imports the task), to
+    the queue `JobStore.route` picks (a follow-up to the worker holding its prefix)."""
+    celery_app.send_task(TASK_NAMES[job.kind], args=[job.id], queue=jobs.route(job))
     jobs.mark_sent(job.id)

@@ -1,19 +1,27 @@
 """What one worker process holds (model, document store, Redis) and what one running job sees.
 
 `get_runtime()` is a per-process singleton: the model is loaded once per process, on first use
-or by the warm-up thread started right after the fork. The document store (SQLite + FAISS on
+or by the warm-up thread started when the worker is ready. A GPU worker runs Celery's threads
+pool (`LONGCTX_WORKER_SLOTS` jobs in flight): every job thread calls the one engine, whose loop
+batches their requests (`Engine.generate` is thread-safe). An engine without that loop (no
+`stats()`) is called one job at a time. While the engine is loaded a thread publishes its
+`stats()` to Redis every `stats_interval_s` (with an expiry) for the API's /metrics. The document store (SQLite + FAISS on
 disk, one writer at a time) reloads its indexes when another process wrote them, so a GPU
 worker sees documents the CPU worker ingested a moment ago.
 
 `JobContext` is what a task hands to the domain functions: `should_stop` (the cooperative cancel
-flag, polled by a heartbeat thread so the decode loop only reads an Event), `on_text` (token
-events), `progress`, `emit`. The same thread refreshes the job's lease; if the process dies the
-lease runs out and the reaper fails the job unless Celery redelivered it first.
+flag, polled by a heartbeat thread so the decode loop only reads an Event; it is also raised
+when the job runs past `task_soft_time_limit_s`, which the threads pool does not enforce),
+`on_text` (token events), `progress`, `emit`. The same thread refreshes the job's lease; if the
+process dies the lease runs out and the reaper fails the job, unless a worker started on the same
+host requeued it first (`workers.celery_app`) or Celery redelivered it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import importlib
 import logging
 import threading
@@ -23,12 +31,15 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from workers.contracts import Job, Settings, get_settings
 from workers.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+RATE_WINDOW_S = 10.0  # tokens/s on /metrics: generated tokens over about this long
 
 
 class Runtime:
@@ -50,7 +61,33 @@ class Runtime:
                     **self.settings.engine_options(),
                 )
                 log.info("engine loaded in %.1f s", time.perf_counter() - started)
+                if not callable(getattr(self._engine, "stats", None)):
+                    self._engine = OneAtATime(self._engine)
+                threading.Thread(target=self._publish_stats, name="stats", daemon=True).start()
             return self._engine
+
+    def _publish_stats(self) -> None:
+        """Every `stats_interval_s`: the engine's figures, jobs in flight and tokens/s over the
+        last `RATE_WINDOW_S`, under this worker's name, expiring after three missed rounds."""
+        from workers.celery_app import node_name
+
+        interval = self.settings.stats_interval_s
+        seen: collections.deque[tuple[float, int]] = collections.deque()
+        while True:
+            try:
+                figures = dataclasses.asdict(self._engine.stats())
+                now, generated = time.monotonic(), figures.get("generated_tokens", 0)
+                seen.append((now, generated))
+                while len(seen) > 2 and now - seen[1][0] >= RATE_WINDOW_S:
+                    seen.popleft()
+                span = now - seen[0][0]
+                rate = (generated - seen[0][1]) / span if span > 0 else 0.0
+                figures.update(tokens_per_s=rate, jobs_in_flight=len(IN_FLIGHT),
+                               slots=self.settings.worker_slots, at=time.time())  # fmt: skip
+                self.jobs.publish_stats(node_name(), figures, ttl_s=3 * interval)
+            except Exception as exc:  # Redis away or a stats hiccup: next round
+                log.debug("stats: %s", exc)
+            time.sleep(interval)
 
     def store(self) -> Any:
         """The document store; it reloads its indexes itself when another process wrote them."""
@@ -68,17 +105,45 @@ class Runtime:
             log.exception("warm-up failed; the first job will try again")
 
 
+class OneAtATime:
+    """An engine without a batching loop, called by one job thread at a time."""
+
+    def __init__(self, engine: Any):
+        self._inner, self._lock = engine, threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._inner.generate(*args, **kwargs)
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._inner.chat(*args, **kwargs)
+
+    def stats(self) -> Any:
+        return EngineFigures(running=int(self._lock.locked()))
+
+
+@dataclasses.dataclass
+class EngineFigures:
+    """The figures of an engine that has no `stats()` (the field names of `EngineStats`)."""
+
+    running: int = 0
+    waiting: int = 0
+    generated_tokens: int = 0
+
+
+IN_FLIGHT: set[str] = set()  # ids of the jobs this process is running now (threads pool)
+IN_FLIGHT_LOCK = threading.Lock()
+
+
 def until_redis_answers(action: Callable[[], T], patience_s: float = 120.0) -> T:
-    """Run a Redis action, retrying while Redis is away (a restart must not lose a finished job)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return action()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("Redis away (%s); retrying", exc)
-            time.sleep(1.0)
+    """Run a Redis action, retrying while Redis is away (a restart must not lose a finished job):
+    redis-py's `Retry`, exponential backoff from 0.1 s to 1 s, about `patience_s` in all."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=max(1, int(patience_s) + 3))
+    return retry.call_with_retry(action, lambda exc: log.warning("Redis away (%s); retrying", exc))
 
 
 @lru_cache(maxsize=1)
@@ -94,6 +159,8 @@ class JobContext:
         self.job = job
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._deadline = time.monotonic() + jobs.settings.task_soft_time_limit_s
+        self.timed_out = False
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
 
     def __enter__(self) -> JobContext:
@@ -132,6 +199,9 @@ class JobContext:
         settings = self.jobs.settings
         last_beat = 0.0
         while not self._done.wait(settings.cancel_poll_s):
+            if time.monotonic() > self._deadline:
+                self.timed_out = True
+                self._stop.set()
             try:
                 if self.jobs.cancel_requested(self.job.id):
                     self._stop.set()

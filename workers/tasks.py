@@ -8,8 +8,8 @@ job that is already final (cancelled while queued, reaped) is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from workers.celery_app import app, worker_name
+from workers.celery_app import app, holder_is_dead, node_name, worker_name
 from workers.contracts import (
     TASK_NAMES,
     AgentRequest,
@@ -30,7 +30,14 @@ from workers.contracts import (
     QARequest,
     SummarizeRequest,
 )
-from workers.runtime import JobContext, Runtime, get_runtime, until_redis_answers
+from workers.runtime import (
+    IN_FLIGHT,
+    IN_FLIGHT_LOCK,
+    JobContext,
+    Runtime,
+    get_runtime,
+    until_redis_answers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,23 @@ Handler = Callable[[Runtime, JobContext, Any], Any]
 
 
 def run_job(job_id: str, handler: Handler) -> dict[str, str]:
+    """Claim and run one job in this thread; a second message for a job this process is
+    running already (a duplicate delivery) is dropped, since a claim by the same worker name
+    would otherwise take it over."""
+    with IN_FLIGHT_LOCK:
+        duplicate = job_id in IN_FLIGHT
+        IN_FLIGHT.add(job_id)
+    if duplicate:
+        log.info("job %s not run: running in this process already", job_id)
+        return {"job": job_id, "status": "held:" + worker_name()}
+    try:
+        return _claim_and_run(job_id, handler)
+    finally:
+        with IN_FLIGHT_LOCK:
+            IN_FLIGHT.discard(job_id)
+
+
+def _claim_and_run(job_id: str, handler: Handler) -> dict[str, str]:
     runtime = get_runtime()
     jobs = runtime.jobs
     claim = partial(jobs.claim, job_id, worker_name(), holder_is_dead=holder_is_dead)
@@ -49,10 +73,17 @@ def run_job(job_id: str, handler: Handler) -> dict[str, str]:
         log.info("job %s not run: %s", job_id, status)
         return {"job": job_id, "status": status}
     job = jobs.get(job_id)
+    with contextlib.suppress(redis.exceptions.RedisError):
+        jobs.remember_prefix(job, node_name())  # follow-ups with this prefix come here
     with JobContext(jobs, job) as ctx:
         outcome = _outcome(runtime, ctx, handler, job)
     until_redis_answers(lambda: jobs.finish(job_id, outcome[0], **outcome[1]))
     return {"job": job_id, "status": until_redis_answers(lambda: jobs.get(job_id).status.value)}
+
+
+def _time_limit() -> tuple[JobStatus, dict[str, Any]]:
+    error = JobError(type="TimeLimitExceeded", message="the job ran past its time limit")
+    return JobStatus.failed, {"error": error}
 
 
 def _outcome(
@@ -61,10 +92,11 @@ def _outcome(
     """Run the handler; the final status and what to store with it."""
     try:
         result = handler(runtime, ctx, runtime.jobs.request_of(job))
-    except SoftTimeLimitExceeded:
-        error = JobError(type="TimeLimitExceeded", message="the job ran past its time limit")
-        return JobStatus.failed, {"error": error}
+    except SoftTimeLimitExceeded:  # prefork: Celery's own soft limit
+        return _time_limit()
     except Exception as exc:
+        if ctx.timed_out:
+            return _time_limit()
         user_error = bool(getattr(exc, "user_error", False))
         if not user_error:
             log.exception("job %s failed", job.id)
@@ -72,22 +104,9 @@ def _outcome(
         return JobStatus.failed, {
             "error": JobError(type=type(exc).__name__, message=message, user_error=user_error)
         }
+    if ctx.timed_out:  # threads pool: the job context's own soft limit
+        return _time_limit()
     return (JobStatus.cancelled if ctx.should_stop() else JobStatus.succeeded), {"result": result}
-
-
-def holder_is_dead(holder: str) -> bool:
-    """True for a pool child on this host that no longer exists (SIGKILL, OOM kill): its job
-    may be taken over at once instead of waiting for its lease to run out."""
-    host, _, pid = holder.rpartition("-")
-    if host != worker_name().rpartition("-")[0] or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 # ---- handlers: one domain call each ----

@@ -1,6 +1,7 @@
-"""Failures a service meets: a worker child SIGKILLed mid-batch, a whole worker SIGKILLed, Redis
-stopped and started again. A job is redelivered and completes, or ends failed; it never stays
-`running` and never vanishes."""
+"""Failures a service meets: a worker child SIGKILLed mid-batch, a whole worker SIGKILLed (and
+restarted, or not), Redis stopped and started again. A job is redelivered and completes, or ends
+failed; it never stays `running` and never vanishes. GPU workers run the threads pool (many jobs
+on one engine, `ThreadsWorker`); the first test keeps the prefork layout of a CPU worker."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import httpx
 import pytest
 import redis
 
-from tests.service.conftest import KILL_DB, ApiServer, Worker, flush, make_settings, wait_job
+from tests.service.conftest import KILL_DB, ApiServer, flush, make_settings, upload, wait_job
+from tests.service.test_serving import ThreadsWorker
 
 LONG_TASK = {"task": "Write a long story about a dragon who learns to bake bread.", "tools": ["calculator"],
              "max_steps": 1, "max_new_tokens": 400}  # fmt: skip
@@ -48,10 +50,39 @@ def test_a_child_killed_mid_batch_is_redelivered_and_skips_finished_documents(cl
     assert [d["document"] for d in done["result"]["documents"]] == ids
 
 
+def test_a_threads_worker_killed_mid_batch_and_restarted_resumes_the_batch(tmp_path):
+    settings = make_settings(tmp_path, KILL_DB, lease_s=30.0)
+    flush(settings)
+    worker = ThreadsWorker(settings, tmp_path / "worker.log", name="first")
+    api = ApiServer(settings)
+    texts = {"moon.txt": "The Moon orbits the Earth once every 27.3 days.",
+             "coffee.txt": "Brazil is the largest producer of coffee in the world.",
+             "eiffel.txt": "The Eiffel Tower in Paris was completed in 1889."}  # fmt: skip
+    try:
+        worker.wait_ready()
+        with httpx.Client(base_url=api.url, timeout=120) as client:
+            ids = [upload(client, name, text)["id"] for name, text in texts.items()]
+            job = client.post("/v1/summaries", json={"document_ids": ids, "max_new_tokens": 24}).json()
+            assert first_event(client, job["id"], "document")["document"] == ids[0]
+            worker.kill_all()  # the whole process: every job it held in flight
+            worker.stop()
+            worker = ThreadsWorker(settings, tmp_path / "worker2.log", name="second")
+
+            done = wait_job(client, job["id"], timeout=300)
+            assert done["status"] == "succeeded", done
+            assert done["attempts"] == 2  # requeued by the successor well before its lease ran out
+            assert done["result"]["resumed"] == [ids[0]]
+            assert [d["document"] for d in done["result"]["documents"]] == ids
+    finally:
+        api.stop()
+        worker.stop()
+        flush(settings)
+
+
 def test_a_worker_killed_outright_leaves_a_failed_job_not_a_running_one(tmp_path):
     settings = make_settings(tmp_path, KILL_DB, lease_s=5.0)
     flush(settings)
-    worker = Worker(settings, tmp_path / "worker.log", name="doomed")
+    worker = ThreadsWorker(settings, tmp_path / "worker.log", name="doomed")
     api = ApiServer(settings)
     try:
         worker.wait_ready()
@@ -106,7 +137,7 @@ def test_redis_stopped_and_started_again(tmp_path):
     server = OwnRedis(tmp_path)
     server.start()
     settings = make_settings(tmp_path, 0, port=server.port, lease_s=60.0)
-    worker = Worker(settings, tmp_path / "worker.log", name="survivor")
+    worker = ThreadsWorker(settings, tmp_path / "worker.log", name="survivor")
     api = ApiServer(settings)
     quick = {"task": "What is 6 * 7?", "tools": ["calculator"], "max_steps": 1, "max_new_tokens": 8}
     try:
