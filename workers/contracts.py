@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # deliveries of one job before it is failed (no redelivery loops)
     sync_wait_s: float = 600.0  # how long /v1/chat/completions waits for its job
     redis_timeout_s: float = 5.0
+    sse_keepalive_s: float = 5.0  # a `: keep-alive` comment on an event stream this often when quiet
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for `model_core.load_engine` beyond path, dtype and device (set ones only)."""
