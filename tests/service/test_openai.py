@@ -108,7 +108,9 @@ def test_a_tool_result_turn_is_accepted(oai, stack):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_prompt_over_the_window_is_a_400(oai, stack, stream):
-    messages = [{"role": "user", "content": "word " * 9000}]  # SmolLM2's window is 8192 tokens
+    messages = [
+        {"role": "user", "content": "word " * 40000}
+    ]  # over the 32,768-token window of the offline default (Qwen2.5)
     with pytest.raises(openai.BadRequestError) as caught:
         reply = oai.chat.completions.create(
             model=stack["settings"].model_name, messages=messages, max_tokens=4, stream=stream
