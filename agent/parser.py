@@ -1,6 +1,6 @@
 """Find tool calls in model output, whole or while it streams, in Qwen's two formats.
 
-Formats (see research/app_layer.md §1.3):
+Formats (as Qwen-Agent's function-calling prompts and the Qwen2.5 chat template write them):
 - ``hermes``: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, any number of blocks
   (Qwen2.5's chat template, vLLM's ``hermes`` parser).
 - ``qwen``: Qwen-Agent's markers ``✿FUNCTION✿: name`` / ``✿ARGS✿: {json}``, results after

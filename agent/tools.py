@@ -2,7 +2,8 @@
 
 A :class:`Tool` is made from a typed function (:func:`tool_from_function`: the signature gives
 the schema through pydantic, the docstring gives the descriptions), from a pydantic model
-(:func:`tool_from_model`), or from a LangChain tool (``agent.langchain.tool_from_langchain``;
+(:func:`tool_from_model`), or from a LangChain tool (``tool_from_invokable`` by its protocol, or
+``agent.langchain.tool_from_langchain`` with LangChain's own schema converter;
 :func:`as_tool` accepts all three). Arguments are checked against the schema with jsonschema
 before the call, so a tool only ever sees arguments that match its declaration.
 
@@ -141,10 +142,8 @@ def as_tool(obj: Any) -> Tool:
     """A Tool from a Tool, a plain function, or a LangChain tool."""
     if isinstance(obj, Tool):
         return obj
-    if type(obj).__module__.startswith("langchain") or _looks_like_langchain_tool(obj):
-        from agent.langchain import tool_from_langchain
-
-        return tool_from_langchain(obj)
+    if _looks_like_langchain_tool(obj):
+        return tool_from_invokable(obj)
     if callable(obj):
         return tool_from_function(obj)
     raise ToolDefinitionError(f"cannot make a tool from {type(obj).__name__}")
@@ -258,6 +257,27 @@ def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if isinstance(schema, list):
         return [_clean_schema(v) for v in schema]
     return schema
+
+
+def tool_from_invokable(obj: Any, timeout_s: float = 30.0) -> Tool:
+    """A Tool from an object with LangChain's tool protocol (`name`, `description`,
+    `args_schema`, `invoke`), without importing LangChain: `agent.langchain` imports this module,
+    never the other way round. The call goes through `obj.invoke(arguments)`; a returned
+    message gives its `content`."""
+    schema = obj.args_schema
+    if schema is None:
+        parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    else:
+        raw = schema if isinstance(schema, dict) else schema.model_json_schema()
+        parameters = _clean_schema(raw)
+    parameters.pop("description", None)  # the tool's description says it
+
+    def call(**arguments: Any) -> Any:
+        result = obj.invoke(arguments)
+        content = getattr(result, "content", None)
+        return result if content is None or isinstance(result, (str, dict)) else content
+
+    return Tool(obj.name, getattr(obj, "description", "") or obj.name, parameters, call, timeout_s)
 
 
 def _snake_case(name: str) -> str:

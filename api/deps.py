@@ -1,20 +1,26 @@
 """Request dependencies as `Annotated` aliases: the seams tests override.
 
 Authentication: when `LONGCTX_API_KEYS` is set, every /v1 route needs `Authorization: Bearer
-<key>`; health, readiness and metrics stay open for probes. Rate limit: a fixed one-minute
-window per client (API key, or address when keys are off) counted in Redis, so it holds across
-API processes.
+<key>`; health, readiness and metrics stay open for probes. Rate limit: a moving one-minute
+window per client (API key, or address when keys are off) kept in Redis by `limits`, so it holds
+across API processes and allows no burst of twice the limit at a window's edge (as a fixed
+window does); a refusal is a 429 with `Retry-After` (seconds until the oldest counted request
+leaves the window).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItemPerMinute
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter, RateLimiter
 from pydantic import BaseModel
 
 from api.errors import ApiError
@@ -61,26 +67,39 @@ def get_principal(
     return "key-" + hashlib.sha256(given).hexdigest()[:16]
 
 
+def get_limiter(request: Request) -> RateLimiter:
+    return request.app.state.limiter
+
+
 def rate_limit(
-    principal: Annotated[str, Depends(get_principal)], settings: SettingsDep, jobs: JobsDep
+    principal: Annotated[str, Depends(get_principal)],
+    settings: SettingsDep,
+    limiter: Annotated[RateLimiter, Depends(get_limiter)],
 ) -> str:
     limit = settings.rate_limit_per_minute
     if limit > 0:
-        window = int(time.time() // 60)
-        key = jobs.key("rate", principal, str(window))
-        pipe = jobs.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 61)
-        count = pipe.execute()[0]
-        if count > limit:
-            retry = str(60 - int(time.time()) % 60)
+        item = RateLimitItemPerMinute(limit)
+        if not limiter.hit(item, principal):
+            reset = limiter.get_window_stats(item, principal).reset_time
+            retry = max(1, math.ceil(reset - time.time()))
             raise ApiError(
                 429,
                 f"rate limit of {limit} requests per minute reached",
                 code="rate_limited",
-                headers={"Retry-After": retry},
+                headers={"Retry-After": str(retry)},
             )
     return principal
+
+
+def make_limiter(settings: Settings, jobs: JobStore) -> RateLimiter:
+    """A moving one-minute window per client in Redis (shared by every API process), on the
+    job store's connection pool."""
+    storage = RedisStorage(
+        settings.redis_url,
+        connection_pool=jobs.redis.connection_pool,
+        key_prefix=jobs.key("rate"),
+    )
+    return MovingWindowRateLimiter(storage)
 
 
 Principal = Annotated[str, Depends(rate_limit)]
@@ -119,7 +138,3 @@ def submit(
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    return job.model_dump(mode="json")

@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)` wires routers, errors, metrics and the reaper.
 
-Endpoints are plain `def` functions on a sync Redis client (they run in the thread pool, which
-is widened at start); event streams block in Redis for a few seconds at a time, never forever.
+Endpoints are plain `def` functions on a sync Redis client (they run in the thread pool), except
+the two that wait on a job's event stream (`/v1/jobs/{id}/events`, `/v1/chat/completions`):
+those are `async` on the asyncio Redis client (`api.events`), so a long wait holds no thread.
 A background thread runs the job reaper (lease expiry, outbox re-sends) every few seconds.
 """
 
@@ -9,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from celery import Celery
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator.metrics import Info
 
 from api import errors, serving_metrics
+from api.deps import make_limiter
 from api.routes import documents, health, jobs, openai
 from workers.contracts import Settings, celery_config, get_settings
 from workers.jobstore import JobStore, dispatch
@@ -52,18 +54,31 @@ class Metrics:
         )
 
 
-class MetricsAndLimits:
-    """ASGI middleware: request counts and latency per route; oversized uploads refused before
-    their body is read."""
+def instrument(app: FastAPI, metrics: Metrics) -> None:
+    """Requests and latency per route template, by `prometheus-fastapi-instrumentator` (its ASGI
+    wrapper; our metric names and labels). Latency runs to the end of a streamed response."""
 
-    def __init__(self, app, settings: Settings, metrics: Metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def record(info: Info) -> None:
+        route = "unmatched" if info.modified_handler == "none" else info.modified_handler
+        metrics.requests.labels(info.method, route, info.modified_status).inc()
+        metrics.latency.labels(info.method, route).observe(info.modified_duration)
+
+    Instrumentator(should_group_status_codes=False, registry=metrics.registry).add(
+        record
+    ).instrument(app)
+
+
+class UploadLimit:
+    """ASGI middleware: an upload whose Content-Length is over the limit is refused (413) before
+    its body is read."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
         if (
-            scope["path"] == "/v1/documents"
+            scope["type"] == "http"
+            and scope["path"] == "/v1/documents"
             and scope["method"] == "POST"
             and self._too_large(scope)
         ):
@@ -73,23 +88,7 @@ class MetricsAndLimits:
                 code="file_too_large",
             )
             return await response(scope, receive, send)
-        started = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], path, str(status["code"])).inc()
-            self.metrics.latency.labels(scope["method"], path).observe(
-                time.perf_counter() - started
-            )
+        return await self.app(scope, receive, send)
 
     def _too_large(self, scope) -> bool:
         for name, value in scope.get("headers", []):
@@ -114,7 +113,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        to_thread.current_default_thread_limiter().total_tokens = 200
         stop = threading.Event()
         thread = threading.Thread(target=_reaper, args=(app, stop), name="reaper", daemon=True)
         thread.start()
@@ -132,11 +130,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.jobs = JobStore.connect(settings)
     app.state.celery = celery
+    app.state.limiter = make_limiter(settings, app.state.jobs)
     app.state.metrics = Metrics()
     serving_metrics.register(app.state.metrics.registry, app.state.jobs)
     app.state.log = log
     errors.install(app)
     for module in (documents, jobs, openai, health):
         app.include_router(module.router)
-    app.add_middleware(MetricsAndLimits, settings=settings, metrics=app.state.metrics)
+    app.add_middleware(UploadLimit, settings=settings)
+    instrument(app, app.state.metrics)
     return app

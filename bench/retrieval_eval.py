@@ -27,12 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# This folder holds bench/retrieval.py, which would shadow the `retrieval` package: import from
-# the repository root instead of the script's folder.
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-sys.path.insert(0, str(BENCH_DIR.parent))
-
 QUESTIONS = Path(__file__).parent / "data" / "retrieval_questions.json"
 MODULES = (
     "base64 calendar collections configparser contextlib copy csv dataclasses difflib enum "

@@ -2,7 +2,7 @@
 
 Each `longctx/cmd_*.py` exposes `register(subparsers)`; handlers import their heavy layers
 (torch, faiss, celery) lazily so `longctx --help` stays fast. A handler raises `CliError` (or
-any `longctx.errors.UserError`) for bad input: the message is printed as one line on stderr and
+any layer's exception with `user_error = True`, see docs/CONTRACTS.md) for bad input: the message is printed as one line on stderr and
 the exit code is 2.
 """
 

@@ -120,7 +120,8 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         **extra: Any,
     ) -> str:
-        """The conversation rendered as text, exactly as transformers renders it (tokenize=False).
+        """The conversation rendered as text, as transformers renders it (tokenize=False), but for
+        the departures in the module docstring.
 
         `tools` are JSON Schema dicts, usually `{"type": "function", "function": {...}}`. `extra`
         reaches the template as variables (e.g. `documents=...`, `enable_thinking=False`).

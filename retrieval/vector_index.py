@@ -13,7 +13,7 @@ Vectors are unit-length, so inner product is cosine similarity.
 
 Threads: a single query is searched on one OpenMP thread. FAISS's fork/join costs more than it
 saves for one query, and on a shared, busy machine much more: a flat search over 30k x 384 took
-61 ms with 2 threads and 3 ms with 1 (bench/retrieval.py has the 100k numbers). The thread count
+61 ms with 2 threads and 3 ms with 1 (bench/retrieval_speed.py has the 100k numbers). The thread count
 is process-wide in FAISS, so it is set for the call and restored after it.
 """
 

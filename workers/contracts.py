@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     max_batch: int | None = None  # requests per engine step (None: engine default)
     stats_interval_s: float = 2.0  # how often a worker publishes its engine's figures
     affinity_ttl_s: float = 900.0  # how long a follow-up prefers the worker holding its prefix
+    sse_keepalive_s: float = 5.0  # a `: keep-alive` comment on an event stream this often when quiet
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for `model_core.load_engine` beyond path, dtype and device (set ones only)."""

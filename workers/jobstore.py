@@ -133,6 +133,21 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 """
+def job_from_hash(job_id: str, raw: dict[bytes, bytes]) -> Job:
+    """The job record from its Redis hash (HGETALL's reply, from a sync or an asyncio client)."""
+    if not raw:
+        raise JobNotFound(job_id)
+    fields = {k.decode(): json.loads(v) for k, v in raw.items() if k.decode() in _JOB_FIELDS}
+    return Job.model_validate(fields)
+
+
+def events_from_reply(reply: Any) -> list[tuple[str, str, Any]]:
+    """(event id, type, data) from XREAD's reply (sync or asyncio client)."""
+    return [
+        (event_id.decode(), fields[b"type"].decode(), json.loads(fields[b"data"]))
+        for _stream, entries in reply or []
+        for event_id, fields in entries
+    ]
 
 
 def new_job_id() -> str:
@@ -222,11 +237,7 @@ class JobStore:
         return self.get(job_id), True
 
     def get(self, job_id: str) -> Job:
-        raw = self.redis.hgetall(self.job_key(job_id))
-        if not raw:
-            raise JobNotFound(job_id)
-        fields = {k.decode(): json.loads(v) for k, v in raw.items() if k.decode() in _JOB_FIELDS}
-        return Job.model_validate(fields)
+        return job_from_hash(job_id, self.redis.hgetall(self.job_key(job_id)))
 
     def request_of(self, job: Job) -> BaseModel:
         return REQUEST_TYPES[job.kind].model_validate(job.request)
@@ -342,13 +353,7 @@ class JobStore:
     ) -> list[tuple[str, str, Any]]:
         """Events after the stream id `after`: (event id, type, data)."""
         reply = self.redis.xread({self.job_key(job_id, "events"): after}, count=500, block=block_ms)
-        events = []
-        for _stream, entries in reply or []:
-            for event_id, fields in entries:
-                events.append(
-                    (event_id.decode(), fields[b"type"].decode(), json.loads(fields[b"data"]))
-                )
-        return events
+        return events_from_reply(reply)
 
     # finished pieces of a batch
     def save_part(self, job_id: str, name: str, value: Any) -> None:

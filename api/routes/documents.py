@@ -19,9 +19,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel
 
-from api.deps import IdempotencyKey, JobsDep, Principal, SettingsDep, job_view, submit
+from api.deps import IdempotencyKey, JobsDep, Principal, SettingsDep, submit
 from api.errors import ApiError
-from workers.contracts import DeleteDocumentRequest, DocumentRecord, IngestRequest, Job, JobKind
+from api.schemas import JobPublic, job_public
+from workers.contracts import DeleteDocumentRequest, DocumentRecord, IngestRequest, JobKind
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 SUFFIXES = {
@@ -107,7 +108,7 @@ def store_upload(data_dir: Path, digest: str, filename: str, data: bytes) -> str
     return relative.as_posix()
 
 
-@router.post("", status_code=202, response_model=Job)
+@router.post("", status_code=202, response_model=JobPublic)
 def upload_document(
     request: Request,
     response: Response,
@@ -145,7 +146,7 @@ def upload_document(
     body = IngestRequest(
         path=path, filename=filename, collection=collection, sha256=digest, size=len(data)
     )
-    return job_view(submit(request, response, JobKind.ingest, body, principal, key))
+    return job_public(submit(request, response, JobKind.ingest, body, principal, key))
 
 
 @router.get("", response_model=DocumentList)
@@ -163,7 +164,7 @@ def get_document(document_id: str, jobs: JobsDep, _: Principal) -> Any:
     return record
 
 
-@router.delete("/{document_id}", status_code=202, response_model=Job)
+@router.delete("/{document_id}", status_code=202, response_model=JobPublic)
 def delete_document(
     document_id: str,
     request: Request,
@@ -175,7 +176,7 @@ def delete_document(
     """Delete a document from the index (a CPU job; the listing drops it when the job ends)."""
     if jobs.get_document(document_id) is None:
         raise ApiError(404, f"no document with id {document_id!r}", code="document_not_found")
-    return job_view(
+    return job_public(
         submit(
             request,
             response,

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
 
-from api.deps import IdempotencyKey, JobsDep, Principal, job_view, submit
+from api.deps import IdempotencyKey, JobsDep, Principal, SettingsDep, submit
 from api.errors import ApiError
-from api.events import follow, sse
+from api.events import EventReader, follow, message, sse
+from api.schemas import JobPublic, job_public
 from workers.contracts import (
     AgentRequest,
-    Job,
     JobKind,
     JobStatus,
     QARequest,
@@ -38,7 +39,7 @@ def check_documents(jobs: JobStore, document_ids: list[str] | None, collection: 
         raise ApiError(422, f"{where} has no documents yet: upload some first", code="no_documents")
 
 
-@router.post("/qa", status_code=202, response_model=Job)
+@router.post("/qa", status_code=202, response_model=JobPublic)
 def create_qa(
     body: QARequest,
     request: Request,
@@ -49,10 +50,10 @@ def create_qa(
 ) -> Any:
     """Ask a question over a collection or given documents; the answer cites numbered spans."""
     check_documents(jobs, body.document_ids, body.collection)
-    return job_view(submit(request, response, JobKind.qa, body, principal, key))
+    return job_public(submit(request, response, JobKind.qa, body, principal, key))
 
 
-@router.post("/agent/jobs", status_code=202, response_model=Job)
+@router.post("/agent/jobs", status_code=202, response_model=JobPublic)
 def create_agent_job(
     body: AgentRequest,
     request: Request,
@@ -67,10 +68,10 @@ def create_agent_job(
             "the python tool is off on this server (LONGCTX_ENABLE_PYTHON_TOOL)",
             code="tool_disabled",
         )
-    return job_view(submit(request, response, JobKind.agent, body, principal, key))
+    return job_public(submit(request, response, JobKind.agent, body, principal, key))
 
 
-@router.post("/summaries", status_code=202, response_model=Job)
+@router.post("/summaries", status_code=202, response_model=JobPublic)
 def create_summaries(
     body: SummarizeRequest,
     request: Request,
@@ -81,32 +82,33 @@ def create_summaries(
 ) -> Any:
     """Summarize a batch of documents (whole when they fit the window, map-reduce otherwise)."""
     check_documents(jobs, body.document_ids, None)
-    return job_view(submit(request, response, JobKind.summarize, body, principal, key))
+    return job_public(submit(request, response, JobKind.summarize, body, principal, key))
 
 
-@router.get("/jobs/{job_id}", response_model=Job)
+@router.get("/jobs/{job_id}", response_model=JobPublic)
 def get_job(job_id: JobId, jobs: JobsDep, _: Principal) -> Any:
     """Status, progress, result or error of a job."""
-    return job_view(jobs.get(job_id))
+    return job_public(jobs.get(job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=Job)
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: JobId, jobs: JobsDep, _: Principal) -> Any:
     """Cancel a job: at once when queued; a running job stops at its next decode step."""
     job = jobs.get(job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise ApiError(409, f"job {job_id} already {job.status.value}", code="job_finished")
-    return job_view(jobs.request_cancel(job_id))
+    return job_public(jobs.request_cancel(job_id))
 
 
 @router.get(
     "/jobs/{job_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
 )
-def job_events(
+async def job_events(
     job_id: JobId,
     jobs: JobsDep,
+    settings: SettingsDep,
     _: Principal,
     after: Annotated[
         str | None,
@@ -115,15 +117,23 @@ def job_events(
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", max_length=40, pattern=r"^\d+-\d+$")
     ] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """Server-sent events of a job (status, token, step, progress, document, done), from the start
     or after `Last-Event-ID`; the stream ends after `done`."""
-    jobs.get(job_id)  # 404 before the stream starts
+    reader = EventReader(jobs)
+    try:
+        await reader.get(job_id)  # 404 before the stream starts
+    except BaseException:
+        await reader.aclose()
+        raise
 
-    def stream():
-        for event in follow(jobs, job_id, after or last_event_id or "0-0"):
-            yield ": keep-alive\n\n" if event is None else sse(*event)
+    async def stream():
+        try:
+            async for event in follow(reader, job_id, after or last_event_id or "0-0"):
+                if event is not None:  # quiet spells: sse-starlette sends the keep-alives
+                    yield message(*event)
+        finally:
+            with anyio.CancelScope(shield=True):  # a client that left cancels this generator
+                await reader.aclose()
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    return sse(stream(), settings.sse_keepalive_s)

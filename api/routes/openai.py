@@ -1,6 +1,7 @@
 """OpenAI-compatible `/v1/chat/completions` (streaming and tools) and `/v1/models`.
 
-A chat completion is a GPU job like any other; this route waits for it. Streaming waits for the
+A chat completion is a GPU job like any other; this route waits for it on the asyncio Redis
+client (`api.events.EventReader`), so a waiting client holds a socket, not a thread. Streaming waits for the
 job's first output before answering, so a prompt over the window (found by the worker before
 any work) is still a 400, not an error inside a 200 stream. A client that goes away cancels
 its job.
@@ -11,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sse_starlette import ServerSentEvent
 
 from api.deps import IdempotencyKey, JobsDep, Principal, SettingsDep, submit
 from api.errors import ApiError, error_response
-from api.events import Event, follow, sse
+from api.events import Event, EventReader, follow, message, sse
 from workers.contracts import ChatRequest, Job, JobKind, Settings
 from workers.jobstore import JobStore
 
@@ -70,7 +74,7 @@ def check_chat(body: ChatRequest, settings: Settings) -> None:
 
 
 @router.post("/chat/completions", response_model=None)
-def chat_completions(
+async def chat_completions(
     body: ChatRequest,
     request: Request,
     response: Response,
@@ -81,40 +85,45 @@ def chat_completions(
 ) -> Any:
     """Chat completion in OpenAI's format; `stream: true` answers with server-sent chunks."""
     check_chat(body, settings)
-    job = submit(request, response, JobKind.chat, body, principal, key)
+    job = await run_in_threadpool(submit, request, response, JobKind.chat, body, principal, key)
+    reader = EventReader(jobs)
     deadline = time.monotonic() + settings.sync_wait_s
-    events = follow(jobs, job.id, block_ms=2000, deadline=deadline)
-    head = _first_output(events, jobs, job)
-    if head[1] == "done":
-        return _final_response(head[2], job, jobs)
-    if not body.stream:
-        for event in events:
-            if event is not None and event[1] == "done":
-                return _final_response(event[2], job, jobs)
-        return _timed_out(jobs, job)
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
-    chunks = _chunks(job, settings.model_name, head, events, jobs, include_usage)
-    return StreamingResponse(
-        chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    events = follow(reader, job.id, block_ms=2000, deadline=deadline)
+    streaming = False
+    try:
+        head = await _first_output(events, jobs, job)
+        if head[1] == "done":
+            return _final_response(head[2], job)
+        if not body.stream:
+            async for event in events:
+                if event is not None and event[1] == "done":
+                    return _final_response(event[2], job)
+            return await _timed_out(jobs, job)
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        chunks = _chunks(job, settings.model_name, head, events, jobs, reader, include_usage)
+        streaming = True
+        return sse(chunks, settings.sse_keepalive_s)
+    finally:
+        if not streaming:  # else the stream closes it when it ends
+            await reader.aclose()
 
 
-def _first_output(events: Iterator[Event | None], jobs: JobStore, job: Job) -> Event:
-    for event in events:
+async def _first_output(events: AsyncIterator[Event | None], jobs: JobStore, job: Job) -> Event:
+    async for event in events:
         if event is not None and event[1] in ("token", "tool_call", "done"):
             return event
-    jobs.request_cancel(job.id)
+    await run_in_threadpool(jobs.request_cancel, job.id)
     raise ApiError(504, "the model did not answer in time", code="timeout")
 
 
-def _timed_out(jobs: JobStore, job: Job) -> JSONResponse:
-    jobs.request_cancel(job.id)
+async def _timed_out(jobs: JobStore, job: Job) -> JSONResponse:
+    await run_in_threadpool(jobs.request_cancel, job.id)
     return error_response(
         504, "the model did not finish in time; the job was cancelled", code="timeout"
     )
 
 
-def _final_response(done: dict[str, Any], job: Job, jobs: JobStore) -> Any:
+def _final_response(done: dict[str, Any], job: Job) -> Any:
     if done["status"] == "succeeded":
         return done["result"]
     error = done.get("error") or {}
@@ -138,7 +147,7 @@ def _chunk(
     delta: dict[str, Any],
     finish: str | None = None,
     usage: dict | None = None,
-) -> str:
+) -> ServerSentEvent:
     choices = (
         []
         if usage is not None
@@ -153,24 +162,24 @@ def _chunk(
     }
     if usage is not None:
         body["usage"] = usage
-    return sse(None, None, body)
+    return message(None, None, body)
 
 
-def _chunks(
+async def _chunks(
     job: Job,
     model: str,
     head: Event,
-    events: Iterator[Event | None],
+    events: AsyncIterator[Event | None],
     jobs: JobStore,
+    reader: EventReader,
     include_usage: bool,
-) -> Iterator[str]:
+) -> AsyncIterator[ServerSentEvent]:
     finished = False
     calls = 0
     try:
         yield _chunk(job, model, {"role": "assistant", "content": ""})
-        for event in _prepend(head, events):
-            if event is None:
-                yield ": keep-alive\n\n"
+        async for event in _prepend(head, events):
+            if event is None:  # quiet: sse-starlette sends the keep-alives
                 continue
             _id, kind, data = event
             if kind == "token":
@@ -181,20 +190,23 @@ def _chunks(
             elif kind == "done":
                 finished = True
                 if data["status"] != "succeeded":
-                    message = (data.get("error") or {}).get("message") or f"job {data['status']}"
-                    yield sse(None, None, {"error": {"message": message, "type": "server_error"}})
+                    text = (data.get("error") or {}).get("message") or f"job {data['status']}"
+                    yield message(None, None, {"error": {"message": text, "type": "server_error"}})
                 else:
                     result = data["result"]
                     yield _chunk(job, model, {}, finish=result["choices"][0]["finish_reason"])
                     if include_usage:
                         yield _chunk(job, model, {}, usage=result["usage"])
-        yield "data: [DONE]\n\n"
+        yield message(None, None, "[DONE]")
     finally:
-        if not finished:
-            with contextlib.suppress(Exception):  # best effort: Redis may be what failed
-                jobs.request_cancel(job.id)  # the client left, or the wait ran out
+        with anyio.CancelScope(shield=True):  # a client that left cancels this generator
+            await reader.aclose()
+            if not finished:  # the client left, or the wait ran out
+                with contextlib.suppress(Exception):  # best effort: Redis may be what failed
+                    await run_in_threadpool(jobs.request_cancel, job.id)
 
 
-def _prepend(head: Event, events: Iterator[Event | None]) -> Iterator[Event | None]:
+async def _prepend(head: Event, events: AsyncIterator[Event | None]) -> AsyncIterator[Event | None]:
     yield head
-    yield from events
+    async for event in events:
+        yield event

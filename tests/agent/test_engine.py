@@ -83,10 +83,11 @@ def test_end_to_end_agent_run_on_the_offline_model(engine):
     task = [*worked_examples_as_dicts(), {"role": "user", "content": "What is 37*91?"}]
     result = run_agent(model, task, builtin_tools(names=["calculator"]), max_steps=3)
 
-    assert result.stopped_reason in ("answer", "max_steps")
     first = result.trace[0]
     assert [c.name for c in first.calls] == ["calculator"], first.text
-    assert first.results[0].status == "ok", first.results[0].content
+    assert (first.results[0].status, first.results[0].content) == ("ok", "3367"), first.results
+    assert result.stopped_reason == "answer", [s.text for s in result.trace]
+    assert "3367" in result.answer.replace(",", ""), result.answer
     assert all(
         s.prompt_tokens > 0 and s.completion_tokens > 0 and s.model_seconds > 0
         for s in result.trace
@@ -110,5 +111,7 @@ def test_cli_agent_over_a_document_store(engine, tmp_path, monkeypatch, capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["format"] == "qwen"
-    assert out["stopped_reason"] in ("answer", "max_steps") and 1 <= out["steps"] <= 2
+    # two steps allowed: an answer after one or two, or a stop at the limit after two
+    assert (out["stopped_reason"], out["steps"]) in {("answer", 1), ("answer", 2), ("max_steps", 2)}
+    assert out["trace"][0]["calls"], "the first step searched nothing"
     assert out["completion_tokens"] > 0

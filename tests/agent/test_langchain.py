@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+
 import pydantic
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
-from agent import ScriptedChat, run_agent
+import agent.tools
+from agent import ScriptedChat, as_tool, run_agent
 from agent.formats import QWEN
 from agent.langchain import ChatLongctx, tool_from_langchain
 
@@ -124,3 +128,26 @@ def test_with_structured_output_returns_the_model_instance():
         ChatLongctx(backend=backend).with_structured_output(GetWeather).invoke("Weather in Oslo?")
     )
     assert parsed == GetWeather(city="Oslo")
+
+
+def test_our_loop_takes_a_langchain_tool_as_langchain_describes_it():
+    @tool
+    def convert(amount: float, currency: str = "EUR") -> str:
+        """Convert an amount to a currency."""
+        return f"{amount * 2} {currency}"
+
+    ours, theirs = as_tool(convert), tool_from_langchain(convert)  # by protocol; by LangChain
+    assert (ours.name, ours.description, ours.parameters) == (
+        theirs.name,
+        theirs.description,
+        theirs.parameters,
+    )
+    assert ours.fn(amount=3.0) == theirs.fn(amount=3.0) == "6.0 EUR"
+    imports = [
+        n
+        for n in ast.walk(ast.parse(inspect.getsource(agent.tools)))
+        if isinstance(n, ast.ImportFrom)
+    ]
+    assert "agent.langchain" not in {n.module for n in imports}, (
+        "agent.tools imports agent.langchain"
+    )

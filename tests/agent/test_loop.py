@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from agent import ScriptedChat, run_agent, tool_from_function
 from agent.builtin import calculator_tool
@@ -46,9 +45,15 @@ def test_call_result_call_answer():
     assert [(r.status, r.content) for r in first.results] == [("ok", "0.75")]
     assert [(r.status, r.content) for r in second.results] == [("ok", "9.0")]
     assert third.calls == [] and third.results == []
-    assert all(
-        s.model_seconds >= 0 and s.prompt_tokens > 0 and s.completion_tokens > 0
-        for s in result.trace
+    # the scripted model counts one token per word: the trace reports what the model reported
+    replies = [s.text for s in result.trace]
+    assert [s.completion_tokens for s in result.trace] == [len(r.split()) for r in replies]
+    prompts = [sum(len(str(m.get("content") or "").split()) for m in seen) for seen in model.seen]
+    assert [s.prompt_tokens for s in result.trace] == prompts
+    totals = result.to_dict()
+    assert (totals["prompt_tokens"], totals["completion_tokens"]) == (
+        sum(prompts),
+        sum(len(r.split()) for r in replies),
     )
     # the model saw its call and the result on the next step
     second_prompt = model.seen[1]
@@ -113,9 +118,12 @@ def test_a_tool_that_raises_gives_an_error_result():
 def test_a_tool_that_times_out_does_not_hold_the_others():
     release = threading.Event()
 
+    returned = threading.Event()
+
     def slow(seconds: float) -> str:
         """Waits."""
         release.wait(seconds)
+        returned.set()
         return "finally"
 
     def fast(x: int) -> int:
@@ -124,15 +132,14 @@ def test_a_tool_that_times_out_does_not_hold_the_others():
 
     slow_tool = tool_from_function(slow, timeout_s=0.3)
     model = ScriptedChat([call("slow", seconds=30) + call("fast", x=21), "Half done."])
-    started = time.perf_counter()
     result = run_agent(model, "go", [slow_tool, fast])
-    elapsed = time.perf_counter() - started
+    still_waiting = not returned.is_set()  # the loop answered without waiting for the slow tool
     release.set()
     slow_result, fast_result = result.trace[0].results
+    assert still_waiting, "the loop waited for the slow tool to return"
     assert slow_result.status == "timeout" and "0.3 s" in slow_result.content
-    assert 0.25 < slow_result.seconds < 2
+    assert slow_result.seconds >= 0.3
     assert (fast_result.status, fast_result.content) == ("ok", "42")
-    assert elapsed < 3, f"the loop took {elapsed:.1f} s"
     assert result.answer == "Half done."
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -278,11 +280,16 @@ texts = st.one_of(st.text(max_size=300), st.lists(ALPHABET, max_size=60).map("".
 
 @settings(max_examples=300, deadline=None)
 @given(text=texts, fmt=st.sampled_from(["hermes", "qwen"]))
-def test_no_input_makes_the_parser_raise(text, fmt):
-    out = parse(text, fmt)
+def test_no_input_makes_the_parser_raise_and_every_call_is_usable_or_explained(text, fmt):
+    out = parse(text, fmt)  # raising here fails the test
     for call in out.calls:
-        assert call.valid or call.error
         assert isinstance(call.arguments, dict)
+        if call.valid:
+            assert call.name and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", call.name), call
+        else:
+            assert isinstance(call.error, str) and call.error.strip(), f"no reason given: {call}"
+    if not any(mark in text for mark in ("<", "✿", "{", "[", "`")):
+        assert (out.content, out.calls) == (text.strip(), []), "plain text changed or made a call"
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,10 @@ def test_calculator_arithmetic(expression, value):
         ("", "empty"),
         ("[1, 2]", "not allowed"),
         ("lambda: 1", "not allowed"),
+        ("(1).real", "not allowed"),  # simpleeval allows attributes without an underscore
+        ("[x for x in range(10**9)]", "not allowed"),  # a loop
+        ("sum(range(10**12))", "not allowed|unknown"),  # a loop through a builtin
+        ("'a' * 10**9", "not allowed"),
     ],
 )
 def test_calculator_refuses_what_is_not_bounded_arithmetic(expression, reason):

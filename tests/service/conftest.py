@@ -232,3 +232,29 @@ def corpus(stack):
             "Brazil is the largest producer of coffee in the world.",
         }
         return {name: upload(c, name, text) for name, text in texts.items()}
+
+
+class ThreadsWorker(Worker):
+    """A GPU worker as `longctx worker` runs it: Celery's threads pool, `slots` jobs in flight."""
+
+    def __init__(self, settings: Settings, log_path, queues: str = "gpu,cpu", name: str = "w1",
+                 slots: int = 4):  # fmt: skip
+        self.settings = settings
+        self.log = open(log_path, "w")
+        cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", queues,
+               "-c", str(slots), "-P", "threads", "-n", f"{name}@%h", "--without-mingle",
+               "--without-gossip", "--loglevel=INFO"]  # fmt: skip
+        env = settings_env(settings) | {"LONGCTX_WORKER_SLOTS": str(slots)}
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def wait_engine(self, jobs: JobStore, timeout: float = 180) -> str:
+        """Wait until this worker's engine is loaded (it publishes stats); its name."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited; see {self.log.name}"
+            for name in jobs.serving_stats():
+                if name.endswith(f"-{self.process.pid}"):
+                    return name
+            time.sleep(0.2)
+        raise TimeoutError(f"engine of worker {self.process.pid} did not load; see {self.log.name}")

@@ -5,6 +5,7 @@ behind."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -122,7 +123,7 @@ def test_an_upload_is_stored_inside_the_data_folder_whatever_its_name(client, se
         "/v1/documents", files={"file": ("../../../etc/notes.txt", b"plain text", "text/plain")}
     )
     assert reply.status_code == 202, reply.text
-    stored = settings.data_dir / reply.json()["request"]["path"]
+    (stored,) = (settings.data_dir / "uploads").rglob("*.txt")
     assert stored.read_bytes() == b"plain text"
     assert stored.resolve().is_relative_to((settings.data_dir / "uploads").resolve())
     assert stored.name == "notes.txt"
@@ -183,7 +184,18 @@ def test_rate_limit(settings):
         replies = [c.get("/v1/models") for _ in range(4)]
     assert [r.status_code for r in replies[:3]] == [200, 200, 200]
     assert_error(replies[3], 429, "rate limit")
-    assert int(replies[3].headers["Retry-After"]) >= 0
+    # a moving window: the first of the three leaves it a minute after it was counted
+    assert 55 <= int(replies[3].headers["Retry-After"]) <= 60, replies[3].headers["Retry-After"]
+
+
+def test_the_rate_limit_is_shared_by_api_processes(settings):
+    first, second = (make_client(settings, rate_limit_per_minute=2) for _ in range(2))
+    with first, second:
+        assert first.get("/v1/models").status_code == 200
+        assert second.get("/v1/models").status_code == 200
+        assert first.get("/v1/models").status_code == 429  # the count is in Redis, not in-process
+    keys = redis.Redis.from_url(settings.redis_url).keys(f"{settings.key_prefix}:rate*")
+    assert keys, "the limiter's window is not under the service's key prefix"
 
 
 def test_the_reaper_fails_jobs_whose_worker_went_silent_and_resends_unsent_ones(settings):
@@ -238,3 +250,31 @@ def test_job_events_resume_after_last_event_id(client, settings):
         tail = "".join(stream.iter_text())
     assert "event: done" in tail and "event: token" not in tail
     assert wait_job(client, job.id)["result"] == {"answer": "Hello"}
+
+
+def test_a_job_shows_the_client_its_status_not_the_services_bookkeeping(client, settings):
+    jobs = JobStore.connect(settings)
+    job, _ = jobs.create(JobKind.qa, QARequest(question="what is secret?"))
+    jobs.claim(job.id, "w-host-123")
+    shown = client.get(f"/v1/jobs/{job.id}").json()
+    assert shown["status"] == "running" and shown["id"] == job.id
+    assert not {"worker", "attempts", "request"} & set(shown), sorted(shown)
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["JobPublic"]
+    assert not {"worker", "attempts", "request"} & set(schema["properties"])
+
+
+def test_a_quiet_event_stream_sends_keep_alives(settings):
+    jobs = JobStore.connect(settings)
+    job, _ = jobs.create(JobKind.qa, QARequest(question="q"))
+    jobs.claim(job.id, "w")
+
+    def finish_later():
+        time.sleep(1.5)
+        jobs.finish(job.id, JobStatus.succeeded, result={"answer": "late"})
+
+    threading.Thread(target=finish_later, daemon=True).start()
+    with make_client(settings, sse_keepalive_s=0.3) as c:
+        with c.stream("GET", f"/v1/jobs/{job.id}/events") as stream:
+            text = "".join(stream.iter_text())
+    assert text.count(": keep-alive") >= 2, text
+    assert "event: done" in text and '"late"' in text

@@ -4,7 +4,6 @@ SmolLM2-135M model and MiniLM embeddings. Generation is kept short so the suite 
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 
@@ -42,7 +41,7 @@ def test_ingest_then_ask_cites_the_span_that_holds_the_answer(client, corpus):
         first = result["citations"][0]
         assert first["document"] == eiffel["id"], result
         assert "1889" in first["quote"], first
-        assert f"[{first['number']}]" in result["answer"]
+        assert "1889" in result["answer"], result["answer"]  # the model's words, not a marker qa.py adds
 
 
 def test_an_agent_job_records_its_trace_and_streams_its_steps(client):
@@ -52,8 +51,11 @@ def test_an_agent_job_records_its_trace_and_streams_its_steps(client):
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded", done
     result = done["result"]
-    assert 1 <= result["steps"] == len(result["trace"]) <= 2
-    assert result["stopped_reason"] in ("answer", "max_steps")
+    assert result["steps"] == len(result["trace"])
+    assert (result["stopped_reason"], result["steps"]) in {("answer", 1), ("answer", 2), ("max_steps", 2)}
+    first = result["trace"][0]
+    assert [c["name"] for c in first["calls"]] == ["calculator"], first["text"]
+    assert [(r["status"], r["content"]) for r in first["results"]] == [("ok", "391")]
     assert result["trace"][0]["prompt_tokens"] > 0
     steps = [data for kind, data in events_of(client, job["id"]) if kind == "step"]
     assert [s["index"] for s in steps] == list(range(result["steps"]))
@@ -89,12 +91,14 @@ def test_cancel_stops_a_running_job_between_decode_steps(client, corpus):
         for line in stream.iter_lines():
             if line == "event: token":
                 break
-    asked = time.time()
     cancel = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancel.status_code == 200 and cancel.json()["cancel_requested"] is True, cancel.text
-    done = wait_job(client, job["id"], timeout=30)
+    done = wait_job(client, job["id"], timeout=60)
     assert done["status"] == "cancelled"
-    assert done["finished_at"] - asked < 5, "cancel took longer than a few decode steps"
+    kinds = [(kind, data) for kind, data in events_of(client, job["id"])]
+    asked = next(i for i, (kind, data) in enumerate(kinds) if data.get("cancel_requested"))
+    late = sum(kind == "token" for kind, _ in kinds[asked:])
+    assert late < 32, f"{late} tokens after the cancel: more than a few decode steps"
     assert len(done["result"]["documents"]) < 3
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"  # idempotent
 

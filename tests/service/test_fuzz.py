@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -39,7 +40,7 @@ def teardown_module():
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_input_makes_the_api_fail(case):
     if not _redis_up():
-        return
+        pytest.skip("no Redis at 127.0.0.1:6379")
     response = case.call()
     if (case.path, response.status_code) in NOT_ABOUT_INPUT:
         return

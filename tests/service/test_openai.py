@@ -76,12 +76,13 @@ def test_tools_give_openai_tool_calls_or_plain_text(oai, stack):
         model=stack["settings"].model_name, messages=messages, tools=[WEATHER], max_tokens=48
     )
     message = reply.choices[0].message
-    for call in message.tool_calls or []:
-        assert call.type == "function" and call.function.name
-        assert isinstance(json.loads(call.function.arguments), dict)
-    assert reply.choices[0].finish_reason == (
-        "tool_calls" if message.tool_calls else reply.choices[0].finish_reason
-    )
+    if message.tool_calls:
+        assert reply.choices[0].finish_reason == "tool_calls"
+        for call in message.tool_calls:
+            assert call.type == "function" and call.function.name == "get_weather", call
+            assert "paris" in json.loads(call.function.arguments)["city"].lower(), call
+    else:  # plain text: an answer in words, ended as any text is
+        assert message.content.strip() and reply.choices[0].finish_reason in ("stop", "length")
     assert not any(mark in (message.content or "") for mark in MARKUP)
 
     streamed = list(oai.chat.completions.create(model=stack["settings"].model_name, messages=messages,
@@ -107,7 +108,9 @@ def test_a_tool_result_turn_is_accepted(oai, stack):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_prompt_over_the_window_is_a_400(oai, stack, stream):
-    messages = [{"role": "user", "content": "word " * 9000}]  # SmolLM2's window is 8192 tokens
+    messages = [
+        {"role": "user", "content": "word " * 40000}
+    ]  # over the 32,768-token window of the offline default (Qwen2.5)
     with pytest.raises(openai.BadRequestError) as caught:
         reply = oai.chat.completions.create(
             model=stack["settings"].model_name, messages=messages, max_tokens=4, stream=stream

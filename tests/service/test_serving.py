@@ -9,8 +9,6 @@ from the figures the worker published.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,12 +18,9 @@ import redis
 from celery import Celery
 
 from tests.service.conftest import (
-    ROOT,
     ApiServer,
-    Worker,
     flush,
     make_settings,
-    settings_env,
 )
 from workers.contracts import ChatRequest, JobKind, QARequest, Settings, celery_config, prefix_key
 from workers.jobstore import JobStore, dispatch
@@ -33,32 +28,6 @@ from workers.runtime import until_redis_answers
 
 SERVING_DB, SECOND_DB = 8, 9
 MODEL = "smollm2-135m-instruct"
-
-
-class ThreadsWorker(Worker):
-    """A GPU worker as `longctx worker` runs it: Celery's threads pool, `slots` jobs in flight."""
-
-    def __init__(self, settings: Settings, log_path, queues: str = "gpu,cpu", name: str = "w1",
-                 slots: int = 4):  # fmt: skip
-        self.settings = settings
-        self.log = open(log_path, "w")
-        cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", queues,
-               "-c", str(slots), "-P", "threads", "-n", f"{name}@%h", "--without-mingle",
-               "--without-gossip", "--loglevel=INFO"]  # fmt: skip
-        env = settings_env(settings) | {"LONGCTX_WORKER_SLOTS": str(slots)}
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-    def wait_engine(self, jobs: JobStore, timeout: float = 180) -> str:
-        """Wait until this worker's engine is loaded (it publishes stats); its name."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"worker exited; see {self.log.name}"
-            for name in jobs.serving_stats():
-                if name.endswith(f"-{self.process.pid}"):
-                    return name
-            time.sleep(0.2)
-        raise TimeoutError(f"engine of worker {self.process.pid} did not load; see {self.log.name}")
 
 
 def serving_settings(tmp, db: int = SERVING_DB, **overrides) -> Settings:

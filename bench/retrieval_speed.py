@@ -6,7 +6,7 @@
    `store.search` per mode on that store, and how much of it is embedding the query.
 2. Index: N unit vectors (default 100,000 x 384, MiniLM's size) from 1,000 Gaussian clusters,
    and Q queries from the same clusters. Synthetic: no machine here can embed 100k real chunks
-   in minutes. Tight clusters flatter IVF and HNSW (research/app_layer.md §5.4): at spread 1.0
+   in minutes. Tight clusters flatter IVF and HNSW (as ANN-Benchmarks' clustered sets show): at spread 1.0
    every index had recall 1.000; the default spread 2.0 (a query's 10th neighbour at cosine
    ~0.26) is harder; at 3.0 the data is near uniform and IVF recall falls to ~0.3. Read the
    ratios, not the absolutes. Each query is searched alone (k=10) for p50/p95 latency:
@@ -15,7 +15,7 @@
    - HNSW32 (efSearch 64) and IVF (nlist ~4*sqrt(N), nprobe 16) as the store builds them,
      with build time and recall@10 against exact.
 
-    python bench/retrieval.py [--vectors 100000] [--queries 200] [--skip-ingest]
+    python bench/retrieval_speed.py [--vectors 100000] [--queries 200] [--skip-ingest]
 """
 
 from __future__ import annotations
@@ -28,11 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-# This folder holds bench/retrieval.py, which would shadow the `retrieval` package: import from
-# the repository root instead of the script's folder.
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-sys.path.insert(0, str(BENCH_DIR.parent))
 
 INGEST_MODULES = (
     "json csv textwrap shutil heapq tempfile zipfile statistics collections contextlib "
