@@ -30,7 +30,9 @@ app.conf.update(celery_config(get_settings()))
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}".replace(":", "-")
+    """<host>-<pid>; LONGCTX_WORKER_NAME replaces the host name where containers share it."""
+    host = os.environ.get("LONGCTX_WORKER_NAME") or socket.gethostname()
+    return f"{host}-{os.getpid()}".replace(":", "-")
 
 
 @signals.worker_process_init.connect
