@@ -35,6 +35,19 @@ What is NOT protected:
 - CPU time of the machine inside the limits, and disk space of the scratch folder beyond
   ``RLIMIT_FSIZE`` per file (many files can fill it).
 - The child runs as the same user (uid 0 here, without capabilities in kernel mode).
+
+**bubblewrap layer** (``isolation == "bwrap"``; used by ``auto`` when not root, or when root
+cannot ``unshare``, and ``bwrap`` runs here): the same kernel isolation without root, through
+an unprivileged user namespace (``bwrap --unshare-all``: new user, network, mount, PID, IPC and
+UTS namespaces; ``/`` bound read-only with only the scratch folder writable; its own /proc; all
+capabilities dropped). Its network namespace has a loopback interface up with nothing listening,
+so a connection is refused rather than unreachable. It needs a kernel that allows unprivileged
+user namespaces; in a Docker container also a seccomp profile that allows ``unshare`` /
+``clone`` of namespaces and a /proc that may be mounted (Docker's defaults refuse both).
+
+**Containers** (``LONGCTX_SANDBOX_REQUIRE_ISOLATION=1``, set in the image): where neither kernel
+layer works, the tool refuses to run code (``isolation == "refused"``) instead of falling back
+to the audit hooks alone, since those are not a sandbox.
 """
 
 from __future__ import annotations
@@ -138,6 +151,14 @@ exec(compile(code, "<sandbox>", "exec"), {"__name__": "__main__", "__builtins__"
 """
 
 _UNSHARE = ("unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc")
+_BWRAP = ("bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/",
+          "--proc", "/proc", "--dev", "/dev")
+_MODES = ("auto", "kernel", "bwrap", "hooks")
+
+
+def isolation_required() -> bool:
+    """LONGCTX_SANDBOX_REQUIRE_ISOLATION=1: no code runs under the audit hooks alone."""
+    return os.environ.get("LONGCTX_SANDBOX_REQUIRE_ISOLATION", "") in ("1", "true", "yes")
 
 
 @dataclass
@@ -152,6 +173,8 @@ class SandboxRun:
 
     def report(self) -> str:
         """What the model reads."""
+        if self.isolation == "refused":
+            return "refused: " + self.stderr
         if self.timed_out:
             head = "killed: time limit reached"
         elif self.memory_exceeded:
@@ -179,9 +202,10 @@ class PythonSandbox:
         max_output_chars: int = 8000,
         isolation: str = "auto",
         audit_hooks: bool = True,
+        require_isolation: bool | None = None,
     ):
-        if isolation not in ("auto", "kernel", "hooks"):
-            raise ValueError("isolation is auto, kernel or hooks")
+        if isolation not in _MODES:
+            raise ValueError("isolation is " + ", ".join(_MODES))
         owned = scratch is None
         if scratch is None:
             scratch = tempfile.mkdtemp(prefix="longctx-python-")
@@ -196,13 +220,20 @@ class PythonSandbox:
         self.max_file_mb = max_file_mb
         self.max_output_chars = max_output_chars
         self.audit_hooks = audit_hooks
+        self.require_isolation = (
+            isolation_required() if require_isolation is None else require_isolation
+        )
         self._isolation = isolation
 
     @property
     def isolation(self) -> str:
-        """``kernel`` or ``hooks``; for ``auto``, found by one trial run (then remembered)."""
+        """``kernel``, ``bwrap``, ``hooks`` or ``refused`` (hooks alone where isolation is
+        required); for ``auto``, found by trial runs (then remembered)."""
         if self._isolation == "auto":
-            self._isolation = "kernel" if self._kernel_works() else "hooks"
+            found = [m for m in ("kernel", "bwrap") if self._layer_works(m)][:1]
+            self._isolation = found[0] if found else "hooks"
+        if self._isolation == "hooks" and self.require_isolation:
+            return "refused"
         return self._isolation
 
     def close(self) -> None:
@@ -213,9 +244,13 @@ class PythonSandbox:
     def run(self, code: str) -> SandboxRun:
         isolation = self.isolation
         started = time.perf_counter()
+        if isolation == "refused":
+            reason = ("the python tool is off here: neither unshare (root) nor bubblewrap works, "
+                      "and LONGCTX_SANDBOX_REQUIRE_ISOLATION forbids the audit hooks alone")
+            return SandboxRun("", reason, None, False, False, 0.0, isolation)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
-                self._command(isolation == "kernel"),
+                self._command(isolation),
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=err,
@@ -256,16 +291,21 @@ class PythonSandbox:
         }
         return Tool("python", description, parameters, python, timeout_s=self.timeout_s + 5)
 
-    def _command(self, kernel: bool) -> list[str]:
+    def _command(self, mode: str) -> list[str]:
         limits = [
             str(self.memory_mb * 2**20),
             str(math.ceil(self.timeout_s) + 1),
             str(self.max_file_mb * 2**20),
-            "1" if kernel else "0",
+            "1" if mode == "kernel" else "0",  # the bootstrap's own mounts and capability drop
             "1" if self.audit_hooks else "0",
         ]
         python = [sys.executable, "-I", "-c", _BOOTSTRAP, self.scratch, *limits]
-        return [*_UNSHARE, *python] if kernel else python
+        if mode == "kernel":
+            return [*_UNSHARE, *python]
+        if mode == "bwrap":
+            return [*_BWRAP, "--bind", self.scratch, self.scratch, "--chdir", self.scratch,
+                    "--", *python]
+        return python
 
     def _environment(self) -> dict[str, str]:
         return {
@@ -283,16 +323,17 @@ class PythonSandbox:
             data = data[: self.max_output_chars] + "\n[... output cut]"
         return data
 
-    def _kernel_works(self) -> bool:
+    def _layer_works(self, mode: str) -> bool:
+        tool = "unshare" if mode == "kernel" else "bwrap"
         if (
-            os.geteuid() != 0
-            or shutil.which("unshare") is None
+            (mode == "kernel" and os.geteuid() != 0)
+            or shutil.which(tool) is None
             or not sys.platform.startswith("linux")
         ):
             return False
         try:
             proc = subprocess.run(
-                self._command(kernel=True),
+                self._command(mode),
                 input=b"print('ok')",
                 capture_output=True,
                 timeout=30,

@@ -35,8 +35,9 @@ app.conf.update(celery_config(get_settings()))
 
 
 def worker_name() -> str:
-    """This process (`host-pid`): the holder recorded in the jobs it claims."""
-    return f"{socket.gethostname()}-{os.getpid()}".replace(":", "-")
+    """<host>-<pid>; LONGCTX_WORKER_NAME replaces the host name where containers share it."""
+    host = os.environ.get("LONGCTX_WORKER_NAME") or socket.gethostname()
+    return f"{host}-{os.getpid()}".replace(":", "-")
 
 
 _NODE: list[str] = []  # the consuming (main) process's name, set before prefork children fork

@@ -1,7 +1,9 @@
 """The Python tool: no network, no writes outside its scratch folder, killed at its limits.
 
 Each protection is shown with both layers on (what the tool uses), and where the machine allows
-it, with the kernel layer alone and with the audit-hook layer alone.
+it, with the kernel layer alone (unshare as root), the bubblewrap layer alone (no root needed)
+and the audit-hook layer alone. `scripts/compose_check.sh` runs this file inside the container
+as its uid 1000.
 """
 
 from __future__ import annotations
@@ -25,21 +27,47 @@ def redis_port_open() -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def isolation_not_required(monkeypatch):
+    """The image requires isolation; these tests name the layer they want (or require it)."""
+    monkeypatch.delenv("LONGCTX_SANDBOX_REQUIRE_ISOLATION", raising=False)
+
+
 @pytest.fixture(scope="module")
 def kernel_available(tmp_path_factory):
-    return PythonSandbox(tmp_path_factory.mktemp("probe")).isolation == "kernel"
+    """The kernel layers this machine can run: a subset of {"kernel", "bwrap"}."""
+    probe = PythonSandbox(tmp_path_factory.mktemp("probe"), require_isolation=False)
+    return {mode for mode in ("kernel", "bwrap") if probe._layer_works(mode)}
 
 
 def layers(kernel_available):
     """(name, sandbox options) for each layer this machine can run."""
-    out = [("both", {}), ("hooks only", {"isolation": "hooks"})]
-    if kernel_available:
+    out = [("both", {"require_isolation": False}),
+           ("hooks only", {"isolation": "hooks", "require_isolation": False})]
+    if "kernel" in kernel_available:
         out.append(("kernel only", {"isolation": "kernel", "audit_hooks": False}))
+    if "bwrap" in kernel_available:
+        out.append(("bwrap only", {"isolation": "bwrap", "audit_hooks": False}))
     return out
 
 
+def test_which_isolation_this_machine_gives(tmp_path, kernel_available):
+    isolation = PythonSandbox(tmp_path, require_isolation=False).isolation
+    print(f"sandbox isolation here: {isolation} (kernel layers that work: {sorted(kernel_available) or 'none'})")
+    expected = next((m for m in ("kernel", "bwrap") if m in kernel_available), "hooks")
+    assert isolation == expected
+
+
+def test_where_isolation_is_required_hooks_alone_refuse_to_run_code(tmp_path):
+    # what the image does (LONGCTX_SANDBOX_REQUIRE_ISOLATION=1) where no kernel layer works
+    sandbox = PythonSandbox(tmp_path, isolation="hooks", require_isolation=True)
+    run = sandbox.run("print('RAN')")
+    assert sandbox.isolation == "refused" and "RAN" not in run.stdout
+    assert sandbox.as_tool().fn("print(1)").startswith("refused: the python tool is off")
+
+
 def test_code_runs_and_keeps_files_in_its_scratch_folder(tmp_path):
-    sandbox = PythonSandbox(tmp_path / "scratch", timeout_s=10)
+    sandbox = PythonSandbox(tmp_path / "scratch", timeout_s=10, require_isolation=False)
     first = sandbox.run("open('notes.txt', 'w').write('kept'); print(6 * 7)")
     assert (first.exit_code, first.stdout.strip()) == (0, "42"), first.stderr
     second = sandbox.run("print(open('notes.txt').read())")
@@ -62,9 +90,8 @@ def test_no_network_connection(tmp_path, kernel_available):
             run = PythonSandbox(tmp_path / layer, timeout_s=10, **options).run(code)
             assert "CONNECTED" not in run.stdout, layer
             assert run.exit_code != 0, layer
-            expected = (
-                "Network is unreachable" if layer == "kernel only" else "network access is blocked"
-            )
+            expected = {"kernel only": "Network is unreachable",
+                        "bwrap only": "Connection refused"}.get(layer, "network access is blocked")
             assert expected in run.stderr, (layer, run.stderr[-300:])
     finally:
         if listener is not None:
