@@ -19,6 +19,7 @@ from celery import Celery
 
 from tests.service.conftest import (
     ApiServer,
+    ThreadsWorker,
     flush,
     make_settings,
 )
