@@ -65,7 +65,7 @@ def test_streamed_text_equals_final_text_and_stops_at_stop_string(engine):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "longctx.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "longctx.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_cli_generate_json_prints_new_token_ids_and_text(engine):
@@ -95,6 +95,6 @@ def test_cli_chat_answers_each_turn_until_an_empty_line():
         [sys.executable, "-m", "longctx.cli", "chat", "--max-new-tokens", "30",
          "--system", "Answer using the given text."],
         input="Text: The Eiffel Tower was completed in 1889. When was the tower completed?\n\n",
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("model> ") == 1 and "1889" in done.stdout, done.stdout
