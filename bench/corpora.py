@@ -1,6 +1,6 @@
 """Three corpora this repository did not write, built at run time from what the machine has.
 
-- `pydoc`: the plain-text `pydoc` rendering of 38 standard-library modules of the running Python
+- `pydoc`: the plain-text `pydoc` rendering of 34 standard-library modules of the running Python
   (`pydoc.render_doc(module, renderer=pydoc.plaintext)`), one document per module.
 - `licenses`: the license texts in `/usr/share/common-licenses` (Debian's base-files), one per
   file, symlinks (GPL -> GPL-3 ...) left out so no text is there twice.
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data" / "questions"
-PYDOC_MODULES = (
-    "base64 bisect calendar configparser contextlib copy csv difflib fnmatch fractions functools "
-    "getopt glob gzip hashlib heapq hmac ipaddress itertools json operator pathlib pprint queue "
-    "random sched secrets shlex shutil statistics string tempfile textwrap timeit uuid weakref "
+PYDOC_MODULES = (  # configparser, ipaddress, weakref, calendar (207 kB) left out: CPU time
+    "base64 bisect contextlib copy csv difflib fnmatch fractions functools "
+    "getopt glob gzip hashlib heapq hmac itertools json operator pathlib pprint queue "
+    "random sched secrets shlex shutil statistics string tempfile textwrap timeit uuid "
     "zipfile zlib"
 ).split()
 MAN_PAGES = "tar grep find ssh sed chmod ls cp ps kill sort uniq xargs gzip ln du df tee".split()
@@ -103,3 +103,18 @@ def load_questions(corpus: str, texts: dict[str, str]) -> list[Question]:
         questions.append(Question(f"{corpus}-{n:03d}", corpus, split, document, question, quote,
                                   tuple(answer.split("|")), span))  # fmt: skip
     return questions
+
+
+def module_text(name: str) -> str:
+    """A module's docstrings only (module, then public classes and functions): bench/retrieval.py's
+    speed corpus."""
+    import inspect
+
+    module = importlib.import_module(name)
+    parts = [inspect.getdoc(module) or ""]
+    for attr, obj in vars(module).items():
+        if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+            continue
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and len(inspect.getdoc(obj) or "") > 80:
+            parts.append(f"{attr}\n{inspect.getdoc(obj)}")
+    return "\n\n".join(p for p in parts if p)
