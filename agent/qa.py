@@ -243,7 +243,7 @@ def _pack_retrieved(store, question, budget, count_tokens, collection, document_
     used = 0
     for hit in store.search(question, top_k, "hybrid", collection, document_ids):
         number = len(citations) + 1
-        section = " > ".join(hit.context.split(" > ")[1:])  # the title is the source name
+        section = " > ".join(getattr(hit, "context", "").split(" > ")[1:])  # title = source name
         header = source_header(number, hit.source, hit.page)
         block = f"{header} ({section})\n{hit.text}" if section else f"{header}\n{hit.text}"
         cost = count_tokens(block) + 2
