@@ -297,6 +297,24 @@ def print_report(summary: dict) -> None:
               f"hybrid query {r['product']['query_ms']:.0f} ms")  # fmt: skip
 
 
+def embed_speed(n: int) -> int:
+    """Ingestion cost of the two shipped embedders on the same N chunks, one after the other."""
+    from retrieval.chunking import chunk_text
+    from retrieval.embeddings import Embedder
+
+    texts = CORPORA["licenses"]()
+    for name in (None, "all-mpnet-base-v2"):
+        embedder = Embedder(name)
+        chunks = [c.text for t in texts.values() for c in chunk_text(t, embedder.count_tokens, 200, 32)][:n]
+        embedder.embed(chunks[:4])  # warm up
+        t0 = time.perf_counter()
+        embedder.embed(chunks)
+        seconds = time.perf_counter() - t0
+        print(f"{embedder.name}: {len(chunks)} chunks of <= 200 tokens in {seconds:.1f} s, "
+              f"{len(chunks) / seconds:.2f} chunks/s (dimension {embedder.dimension})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--embedder", default=None, help="default: the store's (all-MiniLM-L6-v2)")
@@ -312,7 +330,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--cache", type=Path, default=None,
                         help="embedding cache folder (sweeps); chunks/s then counts fresh ones")
+    parser.add_argument("--embed-speed", type=int, default=0, metavar="N",
+                        help="only time MiniLM and all-mpnet-base-v2 on N license chunks, same run")
     args = parser.parse_args()
+    if args.embed_speed:
+        return embed_speed(args.embed_speed)
     args.sweep_chunks = [tuple(map(int, p.split("/"))) for p in args.sweep_chunks.split(",")]
 
     import inspect
