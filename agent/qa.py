@@ -9,8 +9,10 @@ file and the section it sits under.
 Prompt layout, for prefix caching: the fixed system prompt, then the sources, then the question
 last; what repeats across requests comes first. The answer format is "[n] answer": the reply is
 started with "[" for the model (an assistant prefix), so its first token is the number of the
-source it answers from, chosen by the model, not by us. "[0]" is the model saying no source
-holds the answer; the answer then says so (`NO_ANSWER`) and cites nothing.
+source it answers from, chosen by the model, not by us; when it stops after the number (the
+0.5B model often does), the answer is asked for with "[n] " as the prefix, a second generation
+over the same prompt (a prefix-cache hit on engines that cache). "[0]" is the model saying no
+source holds the answer; the answer then says so (`NO_ANSWER`) and cites nothing.
 
 Citations: the numbers the model wrote are kept when they name a source, each narrowed from its
 source passage to the best-matching sentence, so `quote` is the text at `[start, end)` of the
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from agent.errors import AgentError
@@ -160,8 +162,16 @@ def _generate(engine, messages, params, on_text, should_stop):
     prompt = engine.tokenizer.apply_chat_template(messages) + ANSWER_PREFIX
     if on_text is not None:
         on_text(0, ANSWER_PREFIX)
-    ids = engine.tokenizer.encode(prompt)
-    generation = engine.generate([ids], params, on_text=relay, should_stop=stop)[0]
+    generation = engine.generate([engine.tokenizer.encode(prompt)], params, on_text=relay, should_stop=stop)[0]
+    number = re.fullmatch(r"\s*(\d{1,3})\s*\]\s*", generation.text)
+    if number and int(number.group(1)) != 0:  # a source number and nothing else: ask for the answer
+        chosen = f"{number.group(1)}] "
+        if on_text is not None:
+            on_text(0, " ")
+        body = engine.generate([engine.tokenizer.encode(prompt + chosen)], params, on_text=relay,
+                               should_stop=stop)[0]  # fmt: skip
+        generation = replace(body, text=chosen + body.text, token_ids=generation.token_ids + body.token_ids,
+                             prompt_tokens=generation.prompt_tokens)  # fmt: skip
     return generation, guard.looping or RepetitionGuard.loops(ANSWER_PREFIX + generation.text)
 
 
