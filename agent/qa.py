@@ -35,11 +35,12 @@ from typing import Any
 
 from agent.errors import AgentError
 
-SYSTEM_PROMPT = (
-    "Answer the question from the numbered sources the user gives. Start your reply with the "
-    "number of the source that holds the answer, in brackets, then answer in one short sentence "
-    "in that source's own words (keep names, options and numbers exactly as written). If none "
-    "of the sources is about the question, reply [0] and nothing else."
+SYSTEM_PROMPT = (  # the first wording; the two tried after it did worse (docs/retrieval.md)
+    "You answer questions using only the numbered sources the user gives. Reply in one short "
+    "sentence that starts with the number of the source holding the answer, in brackets, for "
+    "example: [2] Use the --keep option. Use the source's own words for names, options and "
+    "numbers. Only when none of the sources is about the question, reply: [0] The sources do "
+    "not say."
 )
 ANSWER_PREFIX = "["  # the reply starts here: the model's first token is a source number
 NO_ANSWER = "The sources do not say."
