@@ -3,30 +3,48 @@
 Modes: `stuff` puts whole documents in the prompt (an error when they do not fit the window),
 `rag` puts the best retrieved chunks, `auto` does `stuff` when everything fits and `rag`
 otherwise (the Qwen2 report's point: with a 128K window, whole documents often fit, and then
-the model sees everything). The sources are numbered `[n]` in the prompt and the model is asked
-to cite them.
+the model sees everything). The sources are numbered `[n]` in the prompt, each headed by its
+file and the section it sits under.
 
-Citations: the numbers the model wrote are kept when they name a source. Small models often
-write none; then the answer is attributed to the source whose sentences overlap most with the
-answer (and the question) and the marker is appended, flagged `attributed: "overlap"`. Each
-citation is narrowed from its source passage to the best-matching sentence, so `quote` is the
-text at `[start, end)` of the document's extracted text and a reader can check it.
+Prompt layout, for prefix caching: the fixed system prompt, then the sources, then the question
+last; what repeats across requests comes first. The answer format is "[n] answer": the reply is
+started with "[" for the model (an assistant prefix), so its first token is the number of the
+source it answers from, chosen by the model, not by us; when it stops after the number (the
+0.5B model often does), the answer is asked for with "[n] " as the prefix, a second generation
+over the same prompt (a prefix-cache hit on engines that cache). "[0]" is the model saying no
+source holds the answer; the answer then says so (`NO_ANSWER`) and cites nothing.
+
+Citations: the numbers the model wrote are kept when they name a source, each narrowed from its
+source passage to the best-matching sentence, so `quote` is the text at `[start, end)` of the
+document's extracted text. When the model wrote no usable number (rare with the prefix) the
+source whose sentences overlap the answer most is cited, flagged `attributed: "overlap"`; no
+marker is added to the answer text, so the answer shows only what the model wrote.
+
+Repetition: small models can loop ("the file the file the file ..."). Generation stops as soon
+as the answer repeats an 8-word sequence three times (`RepetitionGuard`; a repetition penalty
+would also penalise the source words an answer must copy), the repeated tail is cut, and the
+result says so: `finish_reason "repetition"`, `extra["repetition_stopped"] = True`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from agent.errors import AgentError
 
-SYSTEM_PROMPT = (
-    "You answer questions using only the numbered sources given. After each fact, cite its "
-    "source number in brackets, like [1]. If the sources do not contain the answer, say that "
-    "you do not know."
+SYSTEM_PROMPT = (  # the first wording; the two tried after it did worse (docs/retrieval.md)
+    "You answer questions using only the numbered sources the user gives. Reply in one short "
+    "sentence that starts with the number of the source holding the answer, in brackets, for "
+    "example: [2] Use the --keep option. Use the source's own words for names, options and "
+    "numbers. Only when none of the sources is about the question, reply: [0] The sources do "
+    "not say."
 )
+ANSWER_PREFIX = "["  # the reply starts here: the model's first token is a source number
+NO_ANSWER = "The sources do not say."
+REPEAT_NGRAM, REPEAT_TIMES = 8, 3
 _WORD = re.compile(r"[A-Za-z0-9]+")
 _SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+(?=\s|$)|$)", re.M)  # "2.0" does not end one
 _MARKER = re.compile(r"\[(\d{1,3})\]")
@@ -108,11 +126,15 @@ def answer_question(
         {"role": "user", "content": _user_prompt(packed.text, question)},
     ]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    generation = engine.chat(messages, params=params, on_text=on_text, should_stop=should_stop)
-    answer = generation.text.strip()
-    citations = cite(answer, question, sources, store)
-    if citations and citations[0].attributed == "overlap":
-        answer = f"{answer} [{citations[0].number}]"
+    generation, repeated = _generate(engine, messages, params, on_text, should_stop)
+    reply = ANSWER_PREFIX + generation.text
+    if repeated:
+        reply = RepetitionGuard.trim(reply)
+    answer, citations, no_answer = _answer_and_citations(reply, question, sources, store)
+    extra: dict[str, Any] = {"no_answer": no_answer}
+    if repeated:
+        extra["repetition_stopped"] = True
+    finish = "repetition" if repeated else generation.finish_reason
     return QAAnswer(
         answer=answer,
         citations=citations,
@@ -121,12 +143,87 @@ def answer_question(
         context_tokens=packed.tokens,
         prompt_tokens=generation.prompt_tokens,
         completion_tokens=len(generation.token_ids),
-        finish_reason=generation.finish_reason,
+        finish_reason=finish,
+        extra=extra,
     )
 
 
+def _generate(engine, messages, params, on_text, should_stop):
+    """The reply after the assistant prefix, stopped early when it starts looping."""
+    guard = RepetitionGuard()
+
+    def relay(*args: Any) -> None:
+        guard.feed(args[-1])
+        if on_text is not None:
+            on_text(*args)
+
+    def stop() -> bool:
+        return guard.looping or (should_stop is not None and should_stop())
+
+    prompt = engine.tokenizer.apply_chat_template(messages) + ANSWER_PREFIX
+    if on_text is not None:
+        on_text(0, ANSWER_PREFIX)
+    generation = engine.generate([engine.tokenizer.encode(prompt)], params, on_text=relay, should_stop=stop)[0]
+    number = re.fullmatch(r"\s*(\d{1,3})\s*\]\s*", generation.text)
+    if number and int(number.group(1)) != 0:  # a source number and nothing else: ask for the answer
+        chosen = f"{number.group(1)}] "
+        if on_text is not None:
+            on_text(0, " ")
+        body = engine.generate([engine.tokenizer.encode(prompt + chosen)], params, on_text=relay,
+                               should_stop=stop)[0]  # fmt: skip
+        generation = replace(body, text=chosen + body.text, token_ids=generation.token_ids + body.token_ids,
+                             prompt_tokens=generation.prompt_tokens)  # fmt: skip
+    return generation, guard.looping or RepetitionGuard.loops(ANSWER_PREFIX + generation.text)
+
+
+def _answer_and_citations(reply: str, question: str, sources: list[Source], store: Any):
+    """(answer text, citations, no_answer) from the model's "[n] answer" reply."""
+    lead = re.match(r"\s*\[\s*(\d{1,3})\s*\]\s*", reply)
+    body = reply[lead.end() :].strip() if lead else reply.lstrip().removeprefix("[").strip()
+    if (lead and int(lead.group(1)) == 0) or NO_ANSWER.lower().rstrip(".") in body.lower():
+        return NO_ANSWER, [], True
+    text = f"{body} [{lead.group(1)}]".strip() if lead else body  # "[2] x" reads as "x [2]"
+    return text, cite(text, question, sources, store), False
+
+
+class RepetitionGuard:
+    """Watches streamed text; `looping` once an 8-word sequence has appeared three times."""
+
+    def __init__(self):
+        self.text = ""
+        self.looping = False
+
+    def feed(self, piece: str) -> None:
+        self.text += piece
+        if not self.looping and piece and len(self.text) % 8 < len(piece) + 1:
+            self.looping = self.loops(self.text)
+
+    @staticmethod
+    def loops(text: str) -> bool:
+        words = text.split()
+        seen: dict[tuple[str, ...], int] = {}
+        for i in range(len(words) - REPEAT_NGRAM + 1):
+            gram = tuple(words[i : i + REPEAT_NGRAM])
+            seen[gram] = seen.get(gram, 0) + 1
+            if seen[gram] >= REPEAT_TIMES:
+                return True
+        return False
+
+    @staticmethod
+    def trim(text: str) -> str:
+        """The text up to the end of the first occurrence of the first repeated sequence."""
+        words = list(re.finditer(r"\S+", text))
+        first: dict[tuple[str, ...], int] = {}
+        for i in range(len(words) - REPEAT_NGRAM + 1):
+            gram = tuple(w.group(0) for w in words[i : i + REPEAT_NGRAM])
+            if gram in first:
+                return text[: words[i - 1].end()].rstrip() if i else ""
+            first[gram] = i
+        return text
+
+
 def _user_prompt(context: str, question: str) -> str:
-    return f"Sources:\n\n{context}\n\nQuestion: {question}\nAnswer briefly and cite the sources like [1]."
+    return f"Sources:\n\n{context}\n\nQuestion: {question}"
 
 
 def _pack(store, question, budget, count_tokens, collection, document_ids, mode, top_k):
@@ -156,7 +253,9 @@ def _pack_retrieved(store, question, budget, count_tokens, collection, document_
     used = 0
     for hit in store.search(question, top_k, "hybrid", collection, document_ids):
         number = len(citations) + 1
-        block = f"{source_header(number, hit.source, hit.page)}\n{hit.text}"
+        section = " > ".join(getattr(hit, "context", "").split(" > ")[1:])  # title = source name
+        header = source_header(number, hit.source, hit.page)
+        block = f"{header} ({section})\n{hit.text}" if section else f"{header}\n{hit.text}"
         cost = count_tokens(block) + 2
         if used + cost > budget:
             continue

@@ -42,14 +42,8 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 
 
 def bench_ingest() -> None:
-    import importlib.util
-
+    from bench.corpora import module_text
     from retrieval import DocumentStore
-
-    spec = importlib.util.spec_from_file_location("retrieval_eval", BENCH_DIR / "retrieval_eval.py")
-    retrieval_eval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(retrieval_eval)
-    module_text = retrieval_eval.module_text
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"

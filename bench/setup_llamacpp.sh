@@ -6,6 +6,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 venv="$here/.venv-llamacpp"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --upgrade pip >/dev/null
-CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-  nice -n 10 "$venv/bin/pip" install --no-cache-dir --no-binary llama-cpp-python llama-cpp-python
+# Only the library: no multimodal tools, tests or examples (halves the build on 2 cores).
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+  CMAKE_BUILD_PARALLEL_LEVEL=2 "$venv/bin/pip" install --no-cache-dir --no-binary llama-cpp-python llama-cpp-python
 "$venv/bin/python" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"

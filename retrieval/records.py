@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
     collection TEXT NOT NULL, ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
     "end" INTEGER NOT NULL, page INTEGER, n_tokens INTEGER NOT NULL, text TEXT NOT NULL,
-    vector BLOB NOT NULL);
+    vector BLOB NOT NULL, context TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id);
 CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection);
 """
@@ -45,9 +45,16 @@ def connect(path) -> sqlite3.Connection:
     return db
 
 
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a store made by an older version up to this schema (columns added since)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+    if "context" not in columns:
+        db.execute("ALTER TABLE chunks ADD COLUMN context TEXT NOT NULL DEFAULT ''")
+
+
 HIT_QUERY = (  # rows for hit_from_row
     'SELECT c.id, c.document_id, d.source, c.ordinal, c.text, c.start, c."end", c.page, '
-    "c.collection FROM chunks c JOIN documents d ON d.id = c.document_id"
+    "c.collection, c.context FROM chunks c JOIN documents d ON d.id = c.document_id"
 )
 DOCUMENT_COLUMNS = (
     "id, collection, source, kind, title, content_hash, n_chars, n_tokens, n_chunks, "
@@ -84,6 +91,7 @@ class Hit:
     page: int | None
     collection: str = "default"
     chunk_id: int = -1  # the chunk's id in the indexes
+    context: str = ""  # the section path the chunk sits under ("tar > OPTIONS > -k, ..."), or ""
 
 
 @dataclass
@@ -100,6 +108,7 @@ class PreparedDocument:
     chunks: list
     vectors: np.ndarray
     replaces: bool
+    contexts: list[str] | None = None  # each chunk's section path (headings.py), or None
 
 
 def document_id(collection: str, location: str) -> str:
@@ -107,8 +116,9 @@ def document_id(collection: str, location: str) -> str:
 
 
 def hit_from_row(row: tuple, score: float) -> Hit:
-    chunk_id, doc, source, ordinal, text, start, end, page, collection = row
-    return Hit(doc, source, ordinal, text, float(score), start, end, page, collection, chunk_id)
+    chunk_id, doc, source, ordinal, text, start, end, page, collection, context = row
+    return Hit(doc, source, ordinal, text, float(score), start, end, page, collection, chunk_id,
+               context)  # fmt: skip
 
 
 def document_info(row: tuple) -> DocumentInfo:

@@ -48,6 +48,7 @@ from retrieval.errors import (
     UnknownDocumentError,
 )
 from retrieval.fusion import DEFAULT_WEIGHTS, FUSIONS
+from retrieval.headings import outline, section_path, with_context
 from retrieval.lexical import LexicalIndex
 from retrieval.loaders import DEFAULT_MAX_BYTES, load_bytes, read_file_bytes
 from retrieval.records import (
@@ -63,9 +64,11 @@ from retrieval.records import (
     document_id,
     document_info,
     hit_from_row,
+    migrate,
 )
 
 MODES = ("hybrid", "dense", "lexical")
+CONTEXT_TOKENS = 32  # of the embedder's window kept free for a chunk's section path
 
 
 class DocumentStore:
@@ -83,6 +86,7 @@ class DocumentStore:
         progress: bool | None = None,
         hybrid_fusion: str = "relative",
         hybrid_weights: tuple[float, float] | None = None,
+        headings: bool = True,
     ):
         from filelock import FileLock
 
@@ -93,6 +97,7 @@ class DocumentStore:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.chunk_tokens, self.overlap_tokens = chunk_tokens, overlap_tokens
+        self.headings = headings  # chunks embedded and indexed with their section path
         self.max_file_bytes = max_file_bytes
         self.progress = progress
         if hybrid_fusion not in FUSIONS:
@@ -108,6 +113,7 @@ class DocumentStore:
         requested = embedder_name(embedder)
         with self._file_lock:
             self._db.executescript(SCHEMA)
+            migrate(self._db)
             meta = self._meta()
             if not meta:
                 self._set_meta(schema=SCHEMA_VERSION, embedder=requested or DEFAULT_EMBEDDER_NAME,
@@ -147,7 +153,8 @@ class DocumentStore:
         )
 
     def _chunking_signature(self) -> str:
-        return f"{self.embedder_name}|{self.chunk_tokens}|{self.overlap_tokens}|v1"
+        headings = "|headings" if self.headings else ""
+        return f"{self.embedder_name}|{self.chunk_tokens}|{self.overlap_tokens}{headings}|v1"
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -297,12 +304,19 @@ class DocumentStore:
             return info
         extracted = load_bytes(data, name, content_type, self.max_file_bytes)
         embedder = self.embedder
-        max_tokens = min(self.chunk_tokens, embedder.max_tokens)
+        reserve = CONTEXT_TOKENS if self.headings else 0  # room for the section path
+        max_tokens = min(self.chunk_tokens, embedder.max_tokens - reserve)
         chunks = chunk_text(extracted.text, embedder.count_tokens, max_tokens,
                             min(self.overlap_tokens, max_tokens // 2), extracted.page_starts)  # fmt: skip
-        vectors = embedder.embed([c.text for c in chunks], progress=self.progress)
+        contexts = [""] * len(chunks)
+        if self.headings:
+            doc = outline(extracted.text, extracted.title or _display_name(source))
+            contexts = [" > ".join(section_path(doc, c.start)) for c in chunks]
+        texts = [with_context(x, c.text) for x, c in zip(contexts, chunks, strict=True)]
+        vectors = embedder.embed(texts, progress=self.progress)
         return PreparedDocument(doc_id, collection, location, source, extracted, content_hash,
-                                dict(metadata or {}), chunks, vectors, old is not None)  # fmt: skip
+                                dict(metadata or {}), chunks, vectors, old is not None,
+                                contexts)  # fmt: skip
 
     def _info_of(self, item: PreparedDocument) -> DocumentInfo:
         info = self.get(item.id)
@@ -368,12 +382,13 @@ class DocumentStore:
                  json.dumps(p.metadata), time.time(), p.location, self._chunking_signature(),
                  ex.text),
             )  # fmt: skip
-            for chunk, vector in zip(p.chunks, p.vectors, strict=True):
+            contexts = p.contexts or [""] * len(p.chunks)
+            for chunk, vector, context in zip(p.chunks, p.vectors, contexts, strict=True):
                 cursor = self._db.execute(
                     'INSERT INTO chunks (document_id, collection, ordinal, start, "end", page, '
-                    "n_tokens, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "n_tokens, text, vector, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (p.id, p.collection, chunk.ordinal, chunk.start, chunk.end, chunk.page,
-                     chunk.n_tokens, chunk.text, vector.astype(np.float32).tobytes()),
+                     chunk.n_tokens, chunk.text, vector.astype(np.float32).tobytes(), context),
                 )  # fmt: skip
                 new_ids.append(cursor.lastrowid)
             if len(p.chunks):
@@ -481,11 +496,11 @@ class DocumentStore:
         self._db.execute("BEGIN")  # one snapshot: the rows of exactly one generation
         try:
             generation = self._stored_generation()
-            rows = self._db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+            rows = self._db.execute("SELECT id, context, text FROM chunks ORDER BY id").fetchall()
         finally:
             self._db.execute("COMMIT")
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self._lexical = LexicalIndex.build(ids, [r[1] for r in rows])
+        self._lexical = LexicalIndex.build(ids, [with_context(r[1], r[2]) for r in rows])
         self._lexical.save(self._bm25_path(generation))
         return self._lexical
 
@@ -597,3 +612,10 @@ class DocumentStore:
         sql = f"{HIT_QUERY} WHERE c.id IN ({', '.join('?' * len(ids))})"
         by_id = {r[0]: r for r in self._db.execute(sql, ids)}
         return [hit_from_row(by_id[i], score) for i, score in ranked if i in by_id]
+
+
+def _display_name(source: str) -> str:
+    """A document's name for its chunks' section path: the file name without a document suffix."""
+    name = Path(source).name
+    suffix = Path(name).suffix.lower()
+    return name[: -len(suffix)] if suffix in (".txt", ".md", ".markdown", ".html", ".htm", ".pdf") else name
