@@ -1,8 +1,9 @@
-"""The agent layer over model_core's engine and the offline default model (SmolLM2-135M).
+"""The agent layer over model_core's engine and the offline default model (Qwen2.5-Coder-0.5B).
 
-A 135M model does not call tools when merely told about them; shown two worked examples in the
-conversation (the few-shot history below), it continues the pattern, which is enough to drive a
-real call through the parser, the tool and back. Greedy decoding keeps the runs repeatable.
+Qwen2.5's chat template carries the tools, so the model gets Hermes-style `<tool_call>` calls.
+Two worked examples in the conversation (the few-shot history below) keep a 0.5B model's calls
+regular enough to drive a real call through the parser, the tool and back. Greedy decoding
+keeps the runs repeatable.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def worked_examples_as_dicts() -> list[dict]:
     return [_to_dict(m) for m in worked_examples()]
 
 
-def test_the_offline_model_gets_the_qwen_format(engine):
-    assert EngineChat(engine).tool_format.name == "qwen"  # SmolLM2's template has no tools section
+def test_the_offline_model_gets_the_hermes_format(engine):
+    assert EngineChat(engine).tool_format.name == "hermes"  # Qwen2.5's template has a tools section
 
 
 def test_bind_tools_invoke_over_the_engine(engine):
@@ -110,7 +111,7 @@ def test_cli_agent_over_a_document_store(engine, tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["format"] == "qwen"
+    assert out["format"] == "hermes"
     # two steps allowed: an answer after one or two, or a stop at the limit after two
     assert (out["stopped_reason"], out["steps"]) in {("answer", 1), ("answer", 2), ("max_steps", 2)}
     assert out["trace"][0]["calls"], "the first step searched nothing"
