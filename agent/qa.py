@@ -7,12 +7,10 @@ the model sees everything). The sources are numbered `[n]` in the prompt, each h
 file and the section it sits under.
 
 Prompt layout, for prefix caching: the fixed system prompt, then the sources, then the question
-last; what repeats across requests comes first. The answer format is "[n] answer": the reply is
-started with "[" for the model (an assistant prefix), so its first token is the number of the
-source it answers from, chosen by the model, not by us; when it stops after the number (the
-0.5B model often does), the answer is asked for with "[n] " as the prefix, a second generation
-over the same prompt (a prefix-cache hit on engines that cache). "[0]" is the model saying no
-source holds the answer; the answer then says so (`NO_ANSWER`) and cites nothing.
+last; what repeats across requests comes first. The model answers in its own words and cites
+`[n]` after each fact; a reply "[n] answer" is read too. "[0]" or the fixed sentence `NO_ANSWER`
+is the model saying no source holds the answer; the answer then says so and cites nothing.
+(Forcing the reply to start with "[" made the 0.5B model answer "0 [1]" or echo a heading.)
 
 Citations: the numbers the model wrote are kept when they name a source, each narrowed from its
 source passage to the best-matching sentence, so `quote` is the text at `[start, end)` of the
@@ -35,14 +33,12 @@ from typing import Any
 
 from agent.errors import AgentError
 
-SYSTEM_PROMPT = (  # the first wording; the two tried after it did worse (docs/retrieval.md)
-    "You answer questions using only the numbered sources the user gives. Reply in one short "
-    "sentence that starts with the number of the source holding the answer, in brackets, for "
-    "example: [2] Use the --keep option. Use the source's own words for names, options and "
-    "numbers. Only when none of the sources is about the question, reply: [0] The sources do "
-    "not say."
+SYSTEM_PROMPT = (  # the wording this 0.5B model answers with (checked on the demo question)
+    "You answer questions using only the numbered sources given. Answer in one or two "
+    "sentences, and after each fact cite its source number in brackets, like [1]. If the sources "
+    "do not contain the answer, reply exactly: The sources do not say."
 )
-ANSWER_PREFIX = "["  # the reply starts here: the model's first token is a source number
+ANSWER_PREFIX = ""  # an assistant prefix for the reply ("[" forced a number first: worse answers)
 NO_ANSWER = "The sources do not say."
 REPEAT_NGRAM, REPEAT_TIMES = 8, 3
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -316,8 +312,12 @@ def _narrow(
 
 
 def _score(text: str, answer_words: set[str], question_words: set[str]) -> float:
+    """Words shared with the answer, weighted by words shared with the question, per length: an
+    answer that copies a whole passage still points at the sentence the question is about."""
     words = _words(text)
-    return 2.0 * len(words & answer_words) + len(words & question_words)
+    if not words:
+        return 0.0
+    return len(words & answer_words) * (1 + len(words & question_words)) / len(words) ** 0.5
 
 
 def _words(text: str) -> set[str]:

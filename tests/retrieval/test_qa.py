@@ -70,8 +70,8 @@ def tar_store(make_store):
     return store
 
 
-def test_the_model_names_its_source_first_and_that_source_is_cited(tar_store):
-    engine = ScriptedEngine("1] Use --keep-old-files.")
+def test_the_source_the_model_cites_is_cited(tar_store):
+    engine = ScriptedEngine("Use --keep-old-files. [1]")
     result = answer_question(engine, tar_store, "How do I keep files when unpacking?", mode="rag")
     assert result.answer == "Use --keep-old-files. [1]"
     assert [(c.number, c.attributed) for c in result.citations] == [(1, "model")]
@@ -79,7 +79,7 @@ def test_the_model_names_its_source_first_and_that_source_is_cited(tar_store):
 
 
 def test_when_no_source_holds_the_answer_it_says_so_and_cites_nothing(tar_store):
-    engine = ScriptedEngine("0] The sources do not say.")
+    engine = ScriptedEngine("The sources do not say.")
     result = answer_question(engine, tar_store, "Which tar option uploads to a cloud bucket?", mode="rag")
     assert result.answer == NO_ANSWER
     assert result.citations == []
@@ -88,7 +88,7 @@ def test_when_no_source_holds_the_answer_it_says_so_and_cites_nothing(tar_store)
 
 def test_a_looping_answer_is_stopped_trimmed_and_reported(tar_store):
     loop = "the files are kept on disk and " * 12
-    engine = ScriptedEngine("1] " + loop)
+    engine = ScriptedEngine("[1] " + loop)
     result = answer_question(engine, tar_store, "How do I keep files when unpacking?", mode="rag")
     assert result.finish_reason == "repetition"
     assert result.extra["repetition_stopped"] is True
@@ -99,13 +99,13 @@ def test_a_looping_answer_is_stopped_trimmed_and_reported(tar_store):
 def test_the_question_comes_last_after_the_fixed_system_prompt_and_sources(tar_store):
     from agent.qa import SYSTEM_PROMPT
 
-    engine = ScriptedEngine("1] Use --keep-old-files.")
+    engine = ScriptedEngine("Use --keep-old-files. [1]")
     question = "How do I keep files when unpacking?"
     answer_question(engine, tar_store, question, mode="rag")
     prompt = engine.tokenizer.last_text
     assert prompt.startswith(f"<system> {SYSTEM_PROMPT}"), "the reusable part must come first"
     assert prompt.index("Sources:") < prompt.index("[1] tar.txt") < prompt.index(question)
-    assert prompt.endswith(f"Question: {question}\n<assistant> ["), prompt[-80:]
+    assert prompt.rstrip().endswith(f"Question: {question}\n<assistant>"), prompt[-80:]
 
 
 def test_the_repetition_guard_lets_ordinary_answers_through():
