@@ -13,6 +13,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint folder, .gguf file or offline model name (default: qwen2.5-coder-0.5b-instruct)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quantize", choices=["gguf", "int8", "int4", "int4x2", "bf16", "none"], default=None,
+                        help="weights kept quantized (default: GGUF files as their blocks, folders float32)")
     parser.add_argument("--attention", help="attention backend (eager, sdpa, flash, ...); default by device")
     parser.add_argument("--long-context", choices=["none", "yarn", "dca"], default=None,
                         help="long-context mode (default: what the checkpoint's config.json says)")
@@ -59,7 +61,7 @@ def load_engine_from_args(args):
     if options and args.long_context in (None, "none"):
         raise CliError("--dca-*/--yarn-* options need --long-context dca or yarn")
     return load_engine(args.model, dtype=args.dtype, device=args.device, attention=args.attention,
-                       long_context=args.long_context, long_context_options=options)
+                       long_context=args.long_context, long_context_options=options, quantize=args.quantize)
 
 
 def sampling_from_args(args):

@@ -41,7 +41,7 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
                 attention: str | None = None, long_context: str | None = None,
                 long_context_options: dict | None = None, prefill_chunk: int | None = None,
                 kv_budget_tokens: int | None = None, prefix_cache: bool | float = True,
-                max_batch: int | None = None) -> Engine:
+                max_batch: int | None = None, quantize: str | None = None) -> Engine:
     """Load a checkpoint folder, a GGUF file or an offline model by name (None: the default) into
     a ready Engine.
 
@@ -51,6 +51,9 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
     prefix_cache: reuse the KV of repeated prompt prefixes; True keeps unreferenced cached blocks
     in up to the whole budget, a float in [0, 1] is that share, False / 0 turns it off.
     max_batch: the most requests the loop runs at once (None: ServingOptions' default).
+    quantize: weights kept quantized (`model_core.quantize`): None is "gguf" for GGUF files on
+    the CPU (each tensor at its file's precision), "none" otherwise; "int8" / "int4" / "bf16"
+    quantize any checkpoint at load; "none" keeps float weights (the reference path).
     """
     from model_core.attention import ATTENTION, default_backend
     from model_core.loading import load_model
@@ -60,7 +63,7 @@ def load_engine(path: str | Path | None = None, *, dtype: str = "float32", devic
         raise ModelError(f"unknown attention backend {backend!r}; available: {', '.join(sorted(ATTENTION))}")
     from model_core.paths import resolve_model
 
-    model, config, tokenizer = load_model(resolve_model(path), dtype=dtype, device=device)
+    model, config, tokenizer = load_model(resolve_model(path), dtype=dtype, device=device, quantize=quantize)
     runtime = RuntimeOptions(backend=backend)
     if prefill_chunk:
         runtime.prefill_chunk = prefill_chunk

@@ -88,22 +88,43 @@ def load_gguf(
     path: str | Path, dtype: torch.dtype | str = torch.float32
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Tokenizer]:
     """(config dict, state dict with Hugging Face names, tokenizer) from a GGUF file."""
+    config, state_dict, _, tokenizer = load_gguf_blocks(path, dtype, keep_blocks=False)
+    return config, state_dict, tokenizer
+
+
+def load_gguf_blocks(path: str | Path, dtype: torch.dtype | str = torch.float32, *, keep_blocks: bool = True):
+    """(config, state dict, blocks, tokenizer): with keep_blocks, every quantized 2-D weight stays
+    as its raw blocks (`model_core.quantize.GGUFTensor`, memory-mapped from the file) in `blocks`,
+    and the state dict holds a meta tensor of its shape in its place (`quantize_model` replaces
+    the module); F32 / F16 tensors and biases are dequantized as always."""
+    from model_core.quantize import GGUFTensor
+
     reader = _open(path)
     metadata = _metadata(reader)
     config = gguf_config(metadata, [t.name for t in reader.tensors])
     permute_qk = ARCHITECTURES[metadata["general.architecture"]][2]
-    state_dict = {}
+    state_dict, blocks = {}, {}
     for tensor in reader.tensors:
         name = hf_tensor_name(tensor.name)
-        weights = _dequantize(tensor)
+        heads = None
         if permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
-            weights = unpermute_rows(weights, config["num_attention_heads"])
+            heads = config["num_attention_heads"]
         elif permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-            weights = unpermute_rows(weights, config["num_key_value_heads"])
+            heads = config["num_key_value_heads"]
+        kind = tensor.tensor_type.name
+        if keep_blocks and kind not in ("F32", "F16", "BF16") and len(tensor.shape) == 2:
+            raw = tensor.data if heads is None else unpermute_rows(np.asarray(tensor.data), heads)
+            shape = (int(tensor.shape[1]), int(tensor.shape[0]))  # GGUF lists (columns, rows)
+            blocks[name] = GGUFTensor(raw.reshape(shape[0], -1), kind, shape)
+            state_dict[name] = torch.empty(shape, dtype=_dtype(dtype), device="meta")
+            continue
+        weights = _dequantize(tensor)
+        if heads is not None:
+            weights = unpermute_rows(weights, heads)
         weights = np.require(weights, requirements=["C", "W"])  # F32 tensors are read-only maps
         state_dict[name] = torch.from_numpy(weights).to(_dtype(dtype))
     _check_complete(state_dict, config, path)
-    return config, state_dict, gguf_tokenizer(metadata)
+    return config, state_dict, blocks, gguf_tokenizer(metadata)
 
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:

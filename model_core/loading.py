@@ -61,8 +61,10 @@ def read_safetensors(files: list[Path], dtype: torch.dtype, device: str) -> dict
 
 
 def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
-                device: str) -> Qwen2ForCausalLM:
-    """A model whose every parameter comes from `state_dict` (checked both ways)."""
+                device: str, quantize: str = "none", blocks: dict | None = None) -> Qwen2ForCausalLM:
+    """A model whose every parameter comes from `state_dict` (checked both ways), then quantized
+    (`model_core.quantize.quantize_model`; `blocks`: a GGUF file's raw weights, meta in the
+    state dict)."""
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config)
     expected = set(model.state_dict().keys())
@@ -82,24 +84,45 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], dtype:
     for name, tensor in state_dict.items():
         if tuple(shapes[name].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{name}: shape {tuple(tensor.shape)} does not match config {tuple(shapes[name].shape)}")
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()},
-                          strict=False, assign=True)
+    model.load_state_dict({k: v if v.device.type == "meta" else v.to(device=device, dtype=dtype)
+                           for k, v in state_dict.items()}, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    if quantize != "none" or blocks:
+        from model_core.quantize import quantize_model
+
+        if device != "cpu":
+            raise CheckpointError(f"quantize={quantize!r} runs on the CPU kernels; use quantize='none' on {device}")
+        quantize_model(model, quantize, blocks)
     model.reset_rope()
     return model.eval()
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, config, tokenizer) from a checkpoint folder or a .gguf file."""
+def default_quantize(path: str | Path, device: str = "cpu") -> str:
+    """GGUF files stay quantized on the CPU ("gguf"); checkpoint folders and other devices: "none"."""
+    return "gguf" if Path(path).suffix == ".gguf" and device == "cpu" else "none"
+
+
+def load_model(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu",
+               quantize: str | None = None):
+    """(model, config, tokenizer) from a checkpoint folder or a .gguf file.
+
+    quantize: a `model_core.quantize.QUANTIZE` mode; None: `default_quantize(path)`."""
     path = Path(path)
     torch_dtype = resolve_dtype(dtype)
+    quantize = quantize or default_quantize(path, device)
+    from model_core.quantize import QUANTIZE
+
+    if quantize not in QUANTIZE:
+        raise CheckpointError(f"unknown quantize mode {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
+    blocks = None
     if path.is_file() and path.suffix == ".gguf":
-        from model_core.gguf import load_gguf
+        from model_core.gguf import load_gguf_blocks
 
-        raw_config, state_dict, tokenizer = load_gguf(path, dtype=torch_dtype)
+        raw_config, state_dict, blocks, tokenizer = load_gguf_blocks(
+            path, dtype=torch_dtype, keep_blocks=quantize != "none")
         config = ModelConfig.from_dict(raw_config)
     elif path.is_dir():
         from model_core.tokenizer import Tokenizer
@@ -110,7 +133,9 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "float32", device: s
         config = _with_generation_eos(config, path)
     else:
         raise CheckpointError(f"{path}: expected a checkpoint folder or a .gguf file")
-    model = build_model(config, state_dict, torch_dtype, device)
+    if quantize == "gguf" and not blocks:
+        quantize = "int8"  # a float checkpoint asked for the GGUF plan: int8 everywhere
+    model = build_model(config, state_dict, torch_dtype, device, quantize, blocks)
     return model, config, tokenizer
 
 

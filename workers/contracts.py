@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     dca_chunk_size: int | None = None  # DCA sizes (None: config.json or 3/4 and 1/16 of trained)
     dca_local_size: int | None = None
     yarn_factor: float | None = None
+    quantize: Literal["gguf", "int8", "int4", "int4x2", "bf16", "none"] | None = None  # None: GGUF files quantized ("gguf"), folders float
     api_keys: str = ""  # comma-separated bearer keys; empty: no authentication
     enable_python_tool: bool = False  # the agent's sandboxed Python tool (off unless enabled)
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -74,6 +75,8 @@ class Settings(BaseSettings):
                  "factor": self.yarn_factor}
         if any(value is not None for value in sizes.values()):
             options["long_context_options"] = {k: v for k, v in sizes.items() if v is not None}
+        if self.quantize:
+            options["quantize"] = self.quantize
         return options
 
     def api_key_list(self) -> list[str]:

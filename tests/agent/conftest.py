@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def engine():
-    """The offline default model (SmolLM2-135M-Instruct GGUF), loaded once for the agent tests."""
+    """The offline default model (Qwen2.5-Coder-0.5B-Instruct GGUF, quantized), loaded once for the agent tests."""
     from model_core import load_engine
 
     return load_engine()

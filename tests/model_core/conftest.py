@@ -54,11 +54,27 @@ def moe_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def hf_default_model():
-    """transformers' own GGUF loading of the offline default model, loaded once per session."""
+def hf_gguf_model():
+    """transformers' own GGUF loading of a shipped model by name, each loaded once per session."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # transformers needs it to read GGUF
-    from model_core import default_model_path
+    from model_core.paths import shipped_model_path
 
-    path = default_model_path()
-    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = shipped_model_path(name)
+            loaded[name] = transformers.AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def hf_default_model(hf_gguf_model):
+    """transformers' own GGUF loading of the offline default model (Qwen2.5-Coder-0.5B-Instruct)."""
+    from model_core.paths import DEFAULT_MODEL
+
+    return hf_gguf_model(DEFAULT_MODEL)

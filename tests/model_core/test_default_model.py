@@ -1,4 +1,5 @@
-"""The offline default model (SmolLM2-135M-Instruct, GGUF Q4_1) end to end, as a user meets it."""
+"""The offline default model (Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M) end to end, as a user
+meets it: loaded quantized (the default), and in float32 for parity with transformers."""
 
 from __future__ import annotations
 
@@ -15,14 +16,26 @@ from model_core.model import forward_full
 
 @pytest.fixture(scope="module")
 def engine():
-    return load_engine()
+    return load_engine()  # quantized: the file's blocks kept (model_core.quantize)
 
 
-def test_logits_match_transformers_gguf_loading(engine, hf_default_model):
+def test_default_engine_keeps_weights_quantized(engine):
+    from model_core.quantize import QuantizedEmbedding, QuantizedLinear
+
+    model = engine.model
+    assert isinstance(model.model.embed_tokens, QuantizedEmbedding)
+    assert isinstance(model.lm_head, QuantizedLinear)
+    assert all(isinstance(layer.mlp.down_proj, QuantizedLinear) for layer in model.model.layers)
+    assert not [name for name, p in model.named_parameters() if p.dim() == 2], "a float matrix is left"
+
+
+def test_logits_match_transformers_gguf_loading(hf_default_model):
+    """On the float32 dequantized weights (quantize='none'): within 1e-3 of transformers."""
     hf = hf_default_model
-    ids = torch.tensor([engine.tokenizer.encode("The Eiffel Tower was completed in 1889. It stands in Paris.")])
+    reference_engine = load_engine(quantize="none")
+    ids = torch.tensor([reference_engine.tokenizer.encode("The Eiffel Tower was completed in 1889. It stands in Paris.")])
     with torch.no_grad():
-        ours = forward_full(engine.model, ids)
+        ours = forward_full(reference_engine.model, ids)
         theirs = hf(ids).logits
     err = (ours - theirs).abs().max().item()
     assert err < 1e-3, f"max abs logit difference {err:.2e} against transformers' GGUF loading"

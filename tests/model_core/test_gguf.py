@@ -1,8 +1,12 @@
-"""The offline default GGUF loads exactly as transformers loads it: config, tensors, tokenizer."""
+"""The shipped GGUF files load exactly as transformers loads them: config, tensors, tokenizer.
+
+Both the default Qwen2.5-Coder-0.5B-Instruct (Q4_K_M mix, untied `output.weight`, QKV bias) and
+the smallest model, SmolLM2-135M-Instruct (Llama architecture, tied, permuted q/k rows)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +14,12 @@ import torch
 
 from model_core.errors import CheckpointError, UnsupportedArchitectureError
 from model_core.gguf import gguf_config, load_gguf, unpermute_rows
-from model_core.paths import DefaultModelMissingError, default_model_path, shipped_model_path
+from model_core.paths import (
+    QWEN_05B,
+    DefaultModelMissingError,
+    default_model_path,
+    shipped_model_path,
+)
 from tests.model_core.fixtures.tiny_gguf import fixture_vocab_size, write_tiny_gguf
 from tests.model_core.fixtures.tokenizer_checks import assert_same_ids_and_text, stream_pieces
 
@@ -25,9 +34,23 @@ TEXTS = [
 ]
 
 
+# what each shipped file must say of itself
+FACTS = {
+    "qwen2.5-coder-0.5b-instruct": dict(architecture="Qwen2ForCausalLM", model_type="qwen2", tied=False,
+                                        eos=151645, vocab=151936, renders_tools=True),
+    "smollm2-135m-instruct": dict(architecture="LlamaForCausalLM", model_type="llama", tied=True,
+                                  eos=2, vocab=49152, renders_tools=False),
+}
+
+
+@pytest.fixture(scope="module", params=list(FACTS))
+def model_name(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def model_file():
-    return default_model_path()
+def model_file(model_name):
+    return shipped_model_path(model_name)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +59,8 @@ def ours(model_file):
 
 
 @pytest.fixture(scope="module")
-def reference_model(hf_default_model):
-    return hf_default_model
+def reference_model(model_name, hf_gguf_model):
+    return hf_gguf_model(model_name)
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +68,34 @@ def reference_tokenizer(model_file):
     return transformers.AutoTokenizer.from_pretrained(model_file.parent, gguf_file=model_file.name)
 
 
-def test_config_matches_transformers(ours, reference_model):
+def test_config_matches_transformers(ours, reference_model, model_name):
     config, _, _ = ours
     reference = reference_model.config
-    assert config["architectures"] == ["LlamaForCausalLM"]
+    facts = FACTS[model_name]
+    assert config["architectures"] == [facts["architecture"]]
+    assert config["tie_word_embeddings"] is facts["tied"]
     assert config["model_type"] == reference.model_type
     for key in (
         "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings",
         "vocab_size", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
     ):  # fmt: skip
-        assert config[key] == getattr(reference, key), key
+        # transformers' Qwen2Config has no head_dim attribute: hidden / heads
+        expected = getattr(reference, key, None)
+        if key == "head_dim" and expected is None:
+            expected = reference.hidden_size // reference.num_attention_heads
+        assert config[key] == expected, key
     assert config["rope_theta"] == reference.rope_parameters["rope_theta"]
     assert config["rope_scaling"] is None
-    assert config["attention_bias"] is False
+    if facts["model_type"] == "llama":
+        assert config["attention_bias"] is False
 
 
-def test_every_tensor_matches_transformers(ours, reference_model):
+def test_every_tensor_matches_transformers(ours, reference_model, model_name):
     _, state_dict, _ = ours
     reference = reference_model.state_dict()
     # tied embeddings: transformers lists lm_head.weight as the same tensor as the embedding
-    assert set(reference) - set(state_dict) == {"lm_head.weight"}
+    assert set(reference) - set(state_dict) == ({"lm_head.weight"} if FACTS[model_name]["tied"] else set())
     assert set(state_dict) <= set(reference)
     for name, tensor in state_dict.items():
         assert tensor.dtype == torch.float32, name
@@ -74,8 +104,8 @@ def test_every_tensor_matches_transformers(ours, reference_model):
         assert diff <= 1e-6, f"{name}: max abs difference {diff}"
 
 
-def test_dtype_is_applied(model_file):
-    _, state_dict, _ = load_gguf(model_file, dtype="bfloat16")
+def test_dtype_is_applied():
+    _, state_dict, _ = load_gguf(shipped_model_path("smollm2-135m-instruct"), dtype="bfloat16")
     assert {t.dtype for t in state_dict.values()} == {torch.bfloat16}
 
 
@@ -85,14 +115,22 @@ def test_tokenizer_matches_transformers(ours, reference_tokenizer, text):
     assert_same_ids_and_text(tokenizer, reference_tokenizer, text)
 
 
-def test_tokenizer_special_ids(ours, reference_tokenizer):
+def test_tokenizer_special_ids(ours, reference_tokenizer, model_name):
     _, _, tokenizer = ours
-    assert tokenizer.eos_token_ids == [reference_tokenizer.eos_token_id] == [2]  # <|im_end|>
+    facts = FACTS[model_name]
+    assert tokenizer.eos_token_ids == [reference_tokenizer.eos_token_id] == [facts["eos"]]  # <|im_end|>
     assert tokenizer.bos_token_id == reference_tokenizer.bos_token_id
     assert tokenizer.pad_token_id == reference_tokenizer.pad_token_id
-    assert tokenizer.vocab_size == len(reference_tokenizer) == 49152
+    assert tokenizer.vocab_size == len(reference_tokenizer) == facts["vocab"]
 
 
+CALCULATOR = {"type": "function", "function": {
+    "name": "calculator", "description": "Evaluate an arithmetic expression.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+                   "required": ["expression"]}}}
+
+
+@pytest.mark.parametrize("tools", [None, [CALCULATOR]], ids=["no-tools", "tools"])
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize(
     "messages",
@@ -110,13 +148,14 @@ def test_tokenizer_special_ids(ours, reference_tokenizer):
     ],
 )
 def test_chat_template_matches_transformers(
-    ours, reference_tokenizer, messages, add_generation_prompt
+    ours, reference_tokenizer, messages, add_generation_prompt, tools, model_name
 ):
     _, _, tokenizer = ours
     expected = reference_tokenizer.apply_chat_template(
-        messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        messages, add_generation_prompt=add_generation_prompt, tokenize=False, tools=tools
     )
-    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                             tools=tools)
     assert rendered == expected
     assert rendered.startswith("<|im_start|>system\n")
     assert rendered.endswith("<|im_start|>assistant\n") == add_generation_prompt
@@ -125,6 +164,8 @@ def test_chat_template_matches_transformers(
         rendered, add_special_tokens=False
     )
     assert tokenizer.encode(rendered)[0] == tokenizer.token_to_id("<|im_start|>")
+    if tools and FACTS[model_name]["renders_tools"]:  # SmolLM2's template ignores tools
+        assert '"name": "calculator"' in rendered
 
 
 def test_unpermute_rows_inverts_llama_cpp_permutation():
@@ -178,6 +219,39 @@ def test_default_model_path_says_how_to_install(monkeypatch, tmp_path):
     ) as excinfo:
         shipped_model_path("qwen2.5-coder-0.5b-instruct")
     assert excinfo.value.user_error is True
+
+
+def test_a_damaged_chunk_names_the_package_to_reinstall(monkeypatch, tmp_path):
+    """One byte flipped in one part: one error that names that part's package, nothing assembled."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for chunk in QWEN_05B.chunks:  # copies of the installed parts, found the way the loader finds them
+        source = next(f for f in importlib.metadata.files(chunk.distribution) if f.name == chunk.file_name)
+        (parts / chunk.file_name).write_bytes(Path(source.locate()).read_bytes())
+    damaged = QWEN_05B.chunks[3]
+    with open(parts / damaged.file_name, "r+b") as f:
+        f.seek(12_345)
+        byte = f.read(1)
+        f.seek(12_345)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    class Located:
+        def __init__(self, name):
+            self.name = name
+
+        def locate(self):
+            return parts / self.name
+
+    by_distribution = {c.distribution: c.file_name for c in QWEN_05B.chunks}
+    monkeypatch.setattr(importlib.metadata, "files", lambda dist: [Located(by_distribution[dist])])
+    monkeypatch.setenv("LONGCTX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DefaultModelMissingError) as excinfo:
+        shipped_model_path(QWEN_05B.name)
+    message = str(excinfo.value)
+    assert f"--force-reinstall {damaged.distribution}==0.9.0" in message, message
+    others = [c.distribution for c in QWEN_05B.chunks if c is not damaged]
+    assert not any(f"{name}==" in message for name in others), message
+    assert not (tmp_path / "cache" / "models" / QWEN_05B.file_name).exists()
 
 
 @pytest.mark.parametrize("text", TEXTS)

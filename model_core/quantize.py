@@ -1,0 +1,376 @@
+"""Weights kept quantized in memory: a transform applied after the model is built.
+
+`quantize_model(model, mode, gguf_tensors)` replaces every `nn.Linear` of a built model by a
+module with the same `forward(x)` contract that keeps its weight quantized and multiplies with
+PyTorch's CPU weight-only kernels, and the embedding by one that dequantizes only the rows it
+looks up. Modes (`QUANTIZE`):
+
+- `"gguf"` (the default for GGUF files): each tensor keeps the precision the file gave it.
+  Q4_0 / Q4_1 / Q4_K blocks map exactly onto int4 groups of 32 (up to bf16 rounding of the
+  scale and zero); Q5_0, Q8_0 and Q6_K go to the kind `GGUF_PLAN` names (chosen by measurement:
+  docs/quantization.md). The embedding keeps the file's blocks and dequantizes looked-up rows.
+- `"int8"`: every linear weight int8 per output channel (`scale = max|w| / 127`).
+- `"int4"`: every linear weight int4 in groups of 32 along K, asymmetric (min/max), Q4 blocks
+  exactly as in `"gguf"`.
+- `"int4x2"`: as `"int4"`, but weights that are not Q4 blocks get a second int4 pass for the
+  residual (`Int4x2Linear`).
+- `"bf16"`: every linear weight in bfloat16 (twice int8's memory; the accuracy reference).
+- `"none"`: nothing replaced (the float32 reference path the parity tests use).
+
+The kernels (PyTorch 2.13, aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp):
+- `_weight_int4pack_mm_for_cpu(x, packed, group, scale_and_zero)`: weight (N, K) as 4-bit
+  q in 0..15, `_convert_weight_to_int4pack_for_cpu(q int32 (N, K), 1)` packs it (on AVX-512 in
+  blocks of 64 output rows, two rows per byte); `scale_and_zero` is (K / group, N, 2) and the
+  weight is `w = (q - 8) * scale + zero`; group 32, 64, 128 or 256. Vectorized (AVX-512/AVX2)
+  only for bfloat16 activations; float32 / float16 fall to a scalar loop.
+- `_weight_int8pack_mm(x, w int8 (N, K), scales (N,))`: `y = x @ (w * scales).T`, vectorized
+  for bfloat16 only; K a multiple of 16 (aligned 16-element loads).
+Both are GEMV-shaped (4 rows of x at a time, no K tiling), so for more than `GEMV_ROWS` rows
+(prefill) the weight is dequantized to bfloat16 for the call and oneDNN's GEMM does the work.
+Activations are cast to bfloat16 at the kernel and the output back to the model's dtype, so the
+rest of the model (norms, attention, KV cache) keeps its dtype.
+
+Departures from gpt-fast's `quantize.py` (the model followed): weights come straight from GGUF
+blocks, not only from float checkpoints; one module per kind with a dequantize() reference the
+tests compare against; the CPU kernels instead of the CUDA tinygemm.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_core.errors import CheckpointError
+
+QUANTIZE = ("gguf", "int8", "int4", "int4x2", "bf16", "none")
+GROUP = 32  # int4 group along K: a GGUF block
+GEMV_ROWS = 8  # up to this many rows the weight-only kernels; above, dequantize + bf16 GEMM
+COMPUTE = torch.bfloat16
+
+# GGUF tensor type name -> the kind `"gguf"` mode stores it as
+GGUF_PLAN = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
+             "Q5_0": "int8", "Q8_0": "int8", "Q6_K": "int8",
+             "F32": "bf16", "F16": "bf16", "BF16": "bf16"}
+
+
+@dataclass
+class GGUFTensor:
+    """One tensor of a GGUF file, kept as its raw blocks: (rows, bytes per row) uint8."""
+
+    blocks: np.ndarray
+    type_name: str
+    shape: tuple[int, int]  # (rows, columns) as torch sees the weight
+
+    def dequantize(self, rows: np.ndarray | None = None) -> torch.Tensor:
+        import gguf
+
+        blocks = self.blocks if rows is None else self.blocks[rows]
+        values = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[self.type_name])
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(-1, self.shape[1])
+
+    def int4_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(q (N, K) in 0..15, scale (N, K/32), offset (N, K/32)) with w = scale * q + offset,
+        read exactly from Q4_0 / Q4_1 / Q4_K blocks; None for other types."""
+        rows, cols = self.shape
+        raw = self.blocks.reshape(rows, -1)
+        if self.type_name in ("Q4_0", "Q4_1"):
+            size = 18 if self.type_name == "Q4_0" else 20
+            b = raw.reshape(rows, cols // 32, size)
+            d = _f16(b[..., 0:2])
+            offset = -8 * d if self.type_name == "Q4_0" else _f16(b[..., 2:4])
+            scale = d
+        elif self.type_name == "Q4_K":
+            import gguf
+
+            b = raw.reshape(rows * cols // 256, 144)
+            d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+            sc, mn = gguf.quants.Q4_K.get_scale_min(b[:, 4:16])
+            scale = (d[:, None] * sc.astype(np.float32)).reshape(rows, cols // 32)
+            offset = (-dmin[:, None] * mn.astype(np.float32)).reshape(rows, cols // 32)
+        else:
+            return None
+        w = self.dequantize()
+        scale, offset = torch.from_numpy(scale), torch.from_numpy(offset)
+        s, o = scale.repeat_interleave(GROUP, 1), offset.repeat_interleave(GROUP, 1)
+        q = torch.where(s == 0, 0.0, (w - o) / torch.where(s == 0, 1.0, s)).round().clamp(0, 15)
+        return q.to(torch.int32), scale, offset
+
+
+def _f16(two_bytes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(two_bytes).view(np.float16)[..., 0].astype(np.float32)
+
+
+# ---- the linear modules ------------------------------------------------------------------
+
+
+class QuantizedLinear(nn.Module):
+    """Base: y = x W^T + b with W kept in some packed form; same contract as nn.Linear."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        # The engine reads lm_head.weight.dtype / .device (KV cache dtype, RoPE buffer device):
+        # an empty stand-in keeps that contract without a float copy of the weight.
+        self.register_buffer("_dtype_probe", torch.empty(0), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._dtype_probe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).to(COMPUTE).contiguous()
+        if rows.shape[0] <= GEMV_ROWS or not self.can_dequantize():
+            y = self.matmul(rows)
+        else:
+            y = F.linear(rows, self.dequantize(COMPUTE))
+        y = y.to(x.dtype if x.is_floating_point() else torch.float32)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def can_dequantize(self) -> bool:
+        return True
+
+    def matmul(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight (N, K) these packed values stand for: the reference the tests check."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Linear(QuantizedLinear):
+    """int8 per output channel: w = q * scale[n]; `_weight_int8pack_mm`."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__(q.shape[1], q.shape[0], bias)
+        self.register_buffer("q", q.to(torch.int8).contiguous())
+        self.register_buffer("scales", scales.to(COMPUTE).contiguous())
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        return cls(*int8_per_channel(weight), bias)
+
+    def matmul(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(rows, self.q, self.scales)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.q.to(dtype) * self.scales.to(dtype)[:, None]
+
+
+class Int4Linear(QuantizedLinear):
+    """int4 in groups of 32 along K: w = (q - 8) * scale + zero; `_weight_int4pack_mm_for_cpu`."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                 bias: torch.Tensor | None = None):
+        n, k = q.shape
+        super().__init__(k, n, bias)
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            q.to(torch.int32).contiguous(), 1))
+        # (K/32, N, 2): the kernel's layout, scale then zero
+        self.register_buffer("scale_and_zero", torch.stack([scale.t(), zero.t()], dim=-1).to(COMPUTE).contiguous())
+
+    @classmethod
+    def from_groups(cls, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> Int4Linear:
+        """From w = scale * q + offset (q in 0..15, per group of 32): zero = offset + 8 * scale."""
+        return cls(q, scale, offset + 8 * scale, bias)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Linear:
+        return cls.from_groups(*int4_groups(weight), bias)
+
+    def matmul(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scale_and_zero)
+
+    def can_dequantize(self) -> bool:
+        return _int4_layout_known()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        q = _unpack_int4(self.packed, self.out_features, self.in_features).to(dtype)
+        scale = self.scale_and_zero[..., 0].t().to(dtype).repeat_interleave(GROUP, 1)
+        zero = self.scale_and_zero[..., 1].t().to(dtype).repeat_interleave(GROUP, 1)
+        return (q - 8) * scale + zero
+
+
+class Int4x2Linear(QuantizedLinear):
+    """Two int4 passes: w = main + residual, each `Int4Linear` (the residual quantized from what
+    the first leaves); about 8 bits per group of 32 at twice int4's cost, still below int8's."""
+
+    def __init__(self, main: Int4Linear, residual: Int4Linear, bias: torch.Tensor | None = None):
+        super().__init__(main.in_features, main.out_features, bias)
+        self.main, self.residual = main, residual
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4x2Linear:
+        main = Int4Linear.from_float(weight)
+        residual = Int4Linear.from_float(weight.float() - main.dequantize())
+        return cls(main, residual, bias)
+
+    def matmul(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.main.matmul(rows) + self.residual.matmul(rows)
+
+    def can_dequantize(self) -> bool:
+        return _int4_layout_known()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.main.dequantize(dtype) + self.residual.dequantize(dtype)
+
+
+class BF16Linear(QuantizedLinear):
+    """The weight in bfloat16: oneDNN's GEMM / GEMV."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__(weight.shape[1], weight.shape[0], bias)
+        self.register_buffer("w", weight.to(COMPUTE).contiguous())
+
+    def matmul(self, rows: torch.Tensor) -> torch.Tensor:
+        return F.linear(rows, self.w)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.w.to(dtype)
+
+
+def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row: scale = max|w| / 127 (rounded to bf16 first, as stored)."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(COMPUTE).float()
+    q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def int4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 per group of 32 along K: w ~ scale * q + offset, q = round((w - min) / scale)."""
+    n, k = weight.shape
+    w = weight.float().reshape(n, k // GROUP, GROUP)
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    q = ((w - lo[..., None]) / scale[..., None]).round().clamp(0, 15)
+    return q.reshape(n, k).to(torch.int32), scale, lo
+
+
+@functools.lru_cache(maxsize=1)
+def _int4_layout_known() -> bool:
+    """True when the packed layout is the AVX-512 one `_unpack_int4` reads (checked once)."""
+    q = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        return torch.equal(_unpack_int4(packed, 128, 64), q)
+    except RuntimeError:
+        return False
+
+
+def _unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """q (N, K) back from the AVX-512 packing: per block of 64 rows a (K, 32) byte array, byte d
+    holding rows d (low nibble) and d + 32 (high), byte 16 + d rows 16 + d and 48 + d."""
+    blocks = packed.reshape(n // 64, k, 32)
+    low, high = blocks & 0xF, blocks >> 4
+    rows = torch.cat([low, high], dim=-1)  # (N/64, K, 64): row j of each block
+    return rows.transpose(1, 2).reshape(n, k).to(torch.int32)
+
+
+# ---- the embedding ----------------------------------------------------------------------
+
+
+class QuantizedEmbedding(nn.Module):
+    """Rows dequantized on lookup, from GGUF blocks or from int8 rows (w = q * scale[row])."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, blocks: GGUFTensor | None = None,
+                 q: torch.Tensor | None = None, scales: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, dtype
+        self.blocks = blocks
+        if q is not None:
+            self.register_buffer("q", q)
+            self.register_buffer("scales", scales.float())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        if self.blocks is not None:
+            rows = self.blocks.dequantize(flat.cpu().numpy()).to(ids.device)
+        else:
+            rows = self.q[flat].float() * self.scales[flat, None]
+        return rows.to(self.out_dtype).reshape(*ids.shape, self.embedding_dim)
+
+
+# ---- the transform ----------------------------------------------------------------------
+
+
+def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTensor] | None = None) -> nn.Module:
+    """Replace the model's linear layers (and embedding) by quantized ones, in place.
+
+    gguf_tensors: the raw blocks by Hugging Face parameter name (`model.layers.0.mlp.up_proj.weight`)
+    for the weights a GGUF file gave; the model's own (meta) parameters stand in for them.
+    Float weights (safetensors, or GGUF F32 tensors) are quantized from the model's parameters.
+    """
+    if mode not in QUANTIZE:
+        raise CheckpointError(f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE)}")
+    gguf_tensors = gguf_tensors or {}
+    if mode == "none":
+        if gguf_tensors:
+            raise CheckpointError("quantize='none' needs dequantized weights, not raw GGUF blocks")
+        return model
+    dtype = model.model.norm.weight.dtype
+    embed_name = "model.embed_tokens.weight"
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    embedding = model.model.embed_tokens
+    if tied:  # the head is built from the embedding's blocks / weight
+        gguf_tensors = {**gguf_tensors}
+        if embed_name in gguf_tensors:
+            gguf_tensors["lm_head.weight"] = gguf_tensors[embed_name]
+    float_embedding = None if embed_name in gguf_tensors else embedding.weight
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                full = f"{name}.{child_name}" if name else child_name
+                source = gguf_tensors.get(f"{full}.weight")
+                weight = float_embedding if tied and full == "lm_head" and float_embedding is not None else child.weight
+                setattr(module, child_name, _quantized_linear(mode, source, weight, child.bias, full))
+    model.model.embed_tokens = _quantized_embedding(mode, gguf_tensors.get(embed_name), embedding, dtype)
+    leftover = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if leftover:
+        raise CheckpointError(f"quantize: {len(leftover)} weights left unquantized, e.g. {leftover[:3]}")
+    return model
+
+
+def _quantized_linear(mode: str, source: GGUFTensor | None, weight: torch.Tensor,
+                      bias: torch.Tensor | None, name: str) -> QuantizedLinear:
+    if source is not None:
+        kind = GGUF_PLAN.get(source.type_name, "int8") if mode == "gguf" else mode
+        if kind in ("int4", "int4x2") and (groups := source.int4_groups()) is not None:
+            return Int4Linear.from_groups(*groups, bias)
+        dense = source.dequantize()
+    else:
+        if weight.device.type == "meta":
+            raise CheckpointError(f"{name}: no weight to quantize")
+        kind = "bf16" if mode == "gguf" else mode  # a float tensor of a GGUF file
+        dense = weight.detach().float()
+    n, k = dense.shape
+    if kind in ("int4", "int4x2") and (k % GROUP or n % 64):
+        kind = "int8"
+    if kind == "int8" and k % 16:
+        kind = "bf16"
+    build: dict[str, Any] = {"int8": Int8Linear.from_float, "int4": Int4Linear.from_float,
+                             "int4x2": Int4x2Linear.from_float, "bf16": BF16Linear}
+    return build[kind](dense, bias)
+
+
+def _quantized_embedding(mode: str, source: GGUFTensor | None, embedding: nn.Embedding,
+                         dtype: torch.dtype) -> QuantizedEmbedding:
+    vocab, hidden = embedding.num_embeddings, embedding.embedding_dim
+    if source is not None:
+        return QuantizedEmbedding(vocab, hidden, blocks=source, dtype=dtype)
+    q, scales = int8_per_channel(embedding.weight.detach())
+    return QuantizedEmbedding(vocab, hidden, q=q, scales=scales, dtype=dtype)

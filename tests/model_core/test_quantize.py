@@ -1,0 +1,119 @@
+"""Weights kept quantized: each quantized linear multiplies as the weight it stands for, and a
+quantized model's logits stay close to the float model's."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_core import load_engine
+from model_core.errors import CheckpointError
+from model_core.model import forward_full
+from model_core.quantize import (
+    GEMV_ROWS,
+    GGUFTensor,
+    Int4Linear,
+    Int4x2Linear,
+    Int8Linear,
+    QuantizedEmbedding,
+    QuantizedLinear,
+)
+
+# where each type keeps its f16 scale fields: (byte offset, block size)
+SCALE_FIELDS = {"Q4_0": ([0], 18), "Q4_1": ([0, 2], 20), "Q4_K": ([0, 2], 144),
+                "Q5_0": ([0], 22), "Q8_0": ([0], 34), "Q6_K": ([208], 210)}
+VALUES_PER_BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q8_0": 32, "Q4_K": 256, "Q6_K": 256}
+
+
+def random_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> GGUFTensor:
+    """Random bytes are valid blocks once the f16 scale fields hold ordinary numbers."""
+    rng = np.random.default_rng(seed)
+    offsets, size = SCALE_FIELDS[type_name]
+    per_row = cols // VALUES_PER_BLOCK[type_name]
+    raw = rng.integers(0, 256, (rows, per_row, size), dtype=np.uint8)
+    for offset in offsets:
+        scales = (rng.random((rows, per_row)) * 0.02 + 0.001).astype(np.float16)
+        raw[..., offset:offset + 2] = scales[..., None].view(np.uint8).reshape(rows, per_row, 2)
+    return GGUFTensor(raw.reshape(rows, -1), type_name, (rows, cols))
+
+
+def reference(blocks: GGUFTensor) -> torch.Tensor:
+    return torch.from_numpy(gguf.quants.dequantize(blocks.blocks, gguf.GGMLQuantizationType[blocks.type_name])
+                            ).reshape(blocks.shape).float()
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K"])
+def test_q4_blocks_become_int4_groups_exactly_up_to_bf16_scales(type_name):
+    blocks = random_blocks(type_name, 128, 512)
+    module = Int4Linear.from_groups(*blocks.int4_groups())
+    expected = reference(blocks)
+    # the only loss: scale and zero rounded to bf16 (relative 2^-8 at most), times |q - 8| <= 8
+    scale = module.scale_and_zero[..., 0].t().float().abs().repeat_interleave(32, 1)
+    zero = module.scale_and_zero[..., 1].t().float().abs().repeat_interleave(32, 1)
+    bound = (8 * scale + zero) * 2 ** -8 + 1e-7
+    error = (module.dequantize() - expected).abs()
+    worst = (error / bound).max().item()
+    assert worst <= 1.0, f"{type_name}: error {worst:.2f}x the bf16 rounding bound (max abs {error.max():.2e})"
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q5_0", "Q6_K"])
+def test_int8_requantization_is_within_half_a_step(type_name):
+    blocks = random_blocks(type_name, 64, 512, seed=1)
+    expected = reference(blocks)
+    module = Int8Linear.from_float(expected)
+    step = module.scales.float()[:, None]
+    error = ((module.dequantize() - expected).abs() / step).max().item()
+    assert error <= 0.5 + 1e-2, f"{type_name}: int8 error {error:.3f} steps (at most half a step)"
+
+
+@pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS + 1, 40], ids=lambda r: f"{r}-rows")
+@pytest.mark.parametrize("kind", ["int4", "int8", "int4x2"])
+def test_quantized_linear_multiplies_as_its_dequantized_weight(kind, rows):
+    """Kernel path (few rows) and dequantize + GEMM path (many rows) against float32 math on the
+    weight the module stands for; the activations are rounded to bf16 at the kernel."""
+    torch.manual_seed(0)
+    blocks = random_blocks("Q4_K" if kind == "int4" else "Q8_0", 192, 512, seed=2)
+    bias = torch.randn(192)
+    build = {"int4": lambda: Int4Linear.from_groups(*blocks.int4_groups(), bias),
+             "int8": lambda: Int8Linear.from_float(reference(blocks), bias),
+             "int4x2": lambda: Int4x2Linear.from_float(reference(blocks), bias)}
+    module: QuantizedLinear = build[kind]()
+    x = torch.randn(2, rows, 512)
+    expected = F.linear(x.bfloat16().float(), module.dequantize(), bias)
+    got = module(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    error = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert error < 1e-2, f"{kind}, {rows} rows: max error {error:.2e} of the largest output"
+
+
+def test_embedding_rows_are_the_blocks_rows():
+    blocks = random_blocks("Q5_0", 300, 256, seed=3)
+    embedding = QuantizedEmbedding(300, 256, blocks=blocks)
+    ids = torch.tensor([[5, 299, 0], [5, 17, 42]])
+    assert torch.equal(embedding(ids), reference(blocks)[ids])
+
+
+@pytest.mark.parametrize("mode, top1, kl", [("bf16", 1.0, 1e-3), ("int8", 0.95, 1e-2), ("int4", 0.7, 0.2),
+                                            ("int4x2", 0.95, 1e-2)])
+def test_a_quantized_tiny_model_stays_close_to_float(dense_checkpoint, mode, top1, kl):
+    path, _ = dense_checkpoint
+    ids = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference_logp = forward_full(load_engine(path).model, ids).log_softmax(-1)
+        quantized = load_engine(path, quantize=mode).model
+        logp = forward_full(quantized, ids).log_softmax(-1)
+    assert all(isinstance(m, QuantizedLinear) for m in
+               (quantized.lm_head, quantized.model.layers[0].mlp.up_proj, quantized.model.layers[2].self_attn.q_proj))
+    divergence = (reference_logp.exp() * (reference_logp - logp)).sum(-1).mean().item()
+    agreement = (reference_logp.argmax(-1) == logp.argmax(-1)).float().mean().item()
+    assert divergence < kl, f"{mode}: mean KL {divergence:.2e} against float32"
+    assert agreement >= top1, f"{mode}: top-1 agreement {agreement:.1%} against float32"
+
+
+def test_unknown_quantize_mode_is_named(dense_checkpoint):
+    path, _ = dense_checkpoint
+    with pytest.raises(CheckpointError, match="'int3'"):
+        load_engine(path, quantize="int3")
