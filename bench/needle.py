@@ -23,13 +23,14 @@ same prompts. Departure from NeedleBench: one needle, one fact type, greedy deco
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import math
+import os
 import pydoc
 import random
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -223,8 +224,10 @@ def load_method(method: str, args) -> object:
                        prefill_chunk=args.prefill_chunk, kv_budget_tokens=2 * max(args.lengths), **extra)
 
 
-def run_trials(todo: list[Trial], engine_for, haystack_for, out: Path, progress=True) -> list[dict]:
-    """Run `todo` (in order) and append one JSON line per trial to `out`; returns the records."""
+def run_trials(todo: list[Trial], engine_for, haystack_for, out: Path, progress=True,
+               weights: str = "") -> list[dict]:
+    """Run `todo` (in order) and append one JSON line per trial to `out`; returns the records.
+    `weights` (dtype / quantize mode) is written into every record."""
     from tqdm import tqdm
 
     from model_core import SamplingParams
@@ -236,9 +239,11 @@ def run_trials(todo: list[Trial], engine_for, haystack_for, out: Path, progress=
                desc="needle", dynamic_ncols=True)
     for trial in todo:
         if trial.method != loaded:
-            engine, loaded = None, None
+            engine = None  # free the previous method's model before loading the next
+            gc.collect()
             engine, loaded = engine_for(trial.method), trial.method
         prompt = build_prompt(haystack_for(engine), trial)
+        reset_peak_rss()
         started = time.perf_counter()
         gen = engine.generate([prompt.ids], params)[0]
         record = {**asdict(trial), "code": prompt.code, "prompt_tokens": len(prompt.ids),
@@ -246,7 +251,7 @@ def run_trials(todo: list[Trial], engine_for, haystack_for, out: Path, progress=
                   "answer": gen.text, "correct": score(gen.text, prompt.code),
                   "seconds": round(time.perf_counter() - started, 2),
                   "cached_tokens": getattr(gen, "cached_tokens", 0),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+                  "peak_rss_mib": rss_mib("VmHWM"), "weights": weights}
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         records.append(record)
@@ -268,7 +273,8 @@ def cmd_run(args) -> None:
             haystacks["h"] = Haystack(engine.tokenizer)
         return haystacks["h"]
 
-    run_trials(todo, lambda method: load_method(method, args), haystack_for, args.out)
+    run_trials(todo, lambda method: load_method(method, args), haystack_for, args.out,
+               weights=f"{args.dtype}/{args.quantize or 'gguf'}")
     print_table(read_results(args.out))
 
 
@@ -282,9 +288,10 @@ def cmd_speed(args) -> None:
         if args.quantize:
             command += ["--quantize", args.quantize]
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-        if result.returncode:
-            sys.exit(result.stderr)
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            sys.exit(f"speed-one {length}: exit {result.returncode}\n{result.stderr[-2000:]}")
+        rows.append(json.loads(lines[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print("\n| tokens | prefill s | tok/s | CPU s | RSS after load MiB | peak RSS in prefill MiB |"
           "\n|---:|---:|---:|---:|---:|---:|")
@@ -301,7 +308,7 @@ def cmd_speed_one(args) -> None:
     args.lengths, args.model = [args.length], None
     engine = load_method(args.method, args)
     load_peak, load_rss = rss_mib("VmHWM"), rss_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # restart the high-water mark: the prefill's own peak
+    reset_peak_rss()
     prompt = build_prompt(Haystack(engine.tokenizer), Trial(args.method, args.length, 0.5, 0))
     wall, cpu = time.perf_counter(), time.process_time()
     engine.generate([prompt.ids], SamplingParams(max_new_tokens=1))
@@ -309,7 +316,16 @@ def cmd_speed_one(args) -> None:
     print(json.dumps({"tokens": len(prompt.ids), "method": args.method, "dtype": args.dtype,
                       "quantize": args.quantize, "prefill_s": round(wall, 2), "cpu_s": round(cpu, 2),
                       "tok_s": round(len(prompt.ids) / wall, 1), "load_peak_rss_mib": load_peak,
-                      "load_rss_mib": load_rss, "peak_rss_mib": rss_mib("VmHWM")}))
+                      "load_rss_mib": load_rss, "peak_rss_mib": rss_mib("VmHWM")}), flush=True)
+    os._exit(0)  # skip interpreter teardown (a torch thread once aborted it after the numbers were out)
+
+
+def reset_peak_rss() -> None:
+    """Restart this process's RSS high-water mark (VmHWM), so the next peak is the next step's own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def rss_mib(field: str) -> int:
