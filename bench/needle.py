@@ -251,7 +251,8 @@ def run_trials(todo: list[Trial], engine_for, haystack_for, out: Path, progress=
                   "answer": gen.text, "correct": score(gen.text, prompt.code),
                   "seconds": round(time.perf_counter() - started, 2),
                   "cached_tokens": getattr(gen, "cached_tokens", 0),
-                  "peak_rss_mib": rss_mib("VmHWM"), "weights": weights}
+                  "peak_rss_mib": rss_mib("VmHWM"), "weights": weights,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         records.append(record)
