@@ -339,6 +339,9 @@ def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTens
                 weight = float_embedding if tied and full == "lm_head" and float_embedding is not None else child.weight
                 setattr(module, child_name, _quantized_linear(mode, source, weight, child.bias, full))
     model.model.embed_tokens = _quantized_embedding(mode, gguf_tensors.get(embed_name), embedding, dtype)
+    for module in model.modules():  # the engine's KV cache takes lm_head.weight's dtype: the model's
+        if isinstance(module, QuantizedLinear):
+            module._dtype_probe = torch.empty(0, dtype=dtype)
     leftover = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if leftover:
         raise CheckpointError(f"quantize: {len(leftover)} weights left unquantized, e.g. {leftover[:3]}")
