@@ -9,7 +9,7 @@ sentence longer than `max_tokens` is split at word boundaries (binary search on 
 
 Every chunk keeps its character span `[start, end)` in the document's extracted text (so
 `text[start:end] == chunk.text`) and the page its first character is on. Departure from
-Qwen-Agent's splitter (research/app_layer.md §1.1): overlap is whole sentences counted in tokens,
+Qwen-Agent's splitter (github.com/QwenLM/Qwen-Agent, qwen_agent/tools/simple_doc_parser.py and doc_parser.py): overlap is whole sentences counted in tokens,
 not "the last ~150 characters", and page numbers are metadata, not markers inside the text.
 """
 

@@ -1,6 +1,6 @@
 """FAISS indexes behind one small interface, built by kind from a registry.
 
-Kinds (research/app_layer.md §5): `flat` is exact inner-product search in `IndexIDMap2` (the
+Kinds (see FAISS's wiki, "Guidelines to choose an index"): `flat` is exact inner-product search in `IndexIDMap2` (the
 default: exact, deletes are cheap, no training); `hnsw` is `IDMap2,HNSW32,Flat` (fast, but FAISS
 cannot remove from HNSW, so a delete rebuilds it from the stored vectors); `ivf` is
 `IVF{nlist},Flat` trained on the vectors present when it is built (ids stored natively, deletes
