@@ -317,7 +317,8 @@ def _score(text: str, answer_words: set[str], question_words: set[str]) -> float
     words = _words(text)
     if not words:
         return 0.0
-    return len(words & answer_words) * (1 + len(words & question_words)) / len(words) ** 0.5
+    on_question = len(words & question_words)
+    return len(words & answer_words) * (1 + on_question) / len(words) ** 0.5 + 0.01 * on_question
 
 
 def _words(text: str) -> set[str]:

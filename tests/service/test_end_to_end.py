@@ -31,7 +31,7 @@ def test_ingest_then_ask_cites_the_span_that_holds_the_answer(client, corpus):
 
     for mode in ("auto", "rag"):
         reply = client.post(
-            "/v1/qa", json={"question": EIFFEL_QUESTION, "mode": mode, "max_new_tokens": 24}
+            "/v1/qa", json={"question": EIFFEL_QUESTION, "mode": mode, "max_new_tokens": 48}
         )
         assert reply.status_code == 202, reply.text
         job = wait_job(client, reply.json()["id"])
