@@ -91,8 +91,8 @@ sandbox() {
 
 up() {
   local t=$(date +%s.%N)
+  UP=1  # set before: a half-done up (some containers created) is taken down too
   "${COMPOSE[@]}" up -d redis api worker-cpu worker-model-1 worker-model-2 || return 1
-  UP=1
   client ready 900 || return 1
   COLD=$(echo "$(date +%s.%N) - $t" | bc | xargs printf "%.1f s")
   NOTE="cold start (up -> /readyz 200) $COLD"
