@@ -11,7 +11,9 @@
 # escape tests inside it, starts Redis (6399, AOF on a volume), the API (8113), the CPU worker
 # and two CPU model workers, then uploads, asks, chats through the openai client, kills a model
 # worker mid-job, restarts Redis, checks both model workers, stops everything and prints a table.
-# Takes long: a cold build is tens of minutes on 2 shared cores with vfs; see docs/service.md.
+# Takes long: 1790 s on a fresh 2-core machine (build 1164 s of it, vfs); see docs/service.md.
+# The compose files are rendered into one (render(): Compose 1.29 cannot drop `ports` under host
+# networking), kept in $CACHE for inspection.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
