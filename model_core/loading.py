@@ -136,7 +136,12 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "float32", device: s
     if quantize == "gguf" and not blocks:
         quantize = "int8"  # a float checkpoint asked for the GGUF plan: int8 everywhere
     model = build_model(config, state_dict, torch_dtype, device, quantize, blocks)
+    del state_dict, blocks  # the last views of the GGUF file's map: it closes
+    from model_core.quantize import release_memory
+
+    release_memory()
     return model, config, tokenizer
+
 
 
 def _with_generation_eos(config: ModelConfig, path: Path) -> ModelConfig:
