@@ -20,6 +20,9 @@ START=$(date +%s)
 CACHE=${LONGCTX_COMPOSE_CACHE:-/var/cache/longctx-compose}
 BASE=longctx-base:bookworm
 export COMPOSE_PROJECT_NAME=longctx-check
+# vfs copies the whole 2 GB image for each container it creates: four at once under load took
+# longer than Compose's default 60 s API read timeout (a rerun's `up` failed so, 2026-12-03)
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600}
 # the users' files with the check's overlay on top, rendered once into one file (see render())
 FILES=(-f docker-compose.yml -f docker-compose.cpu.yml -f docker-compose.check.yml)
 RENDERED=$CACHE/compose.check.rendered.yml
