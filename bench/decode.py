@@ -59,11 +59,12 @@ def load(engine: str, path: Path, threads: int, quantize: str | None, context: i
     torch.set_num_threads(threads)
     if engine == "ours":
         from model_core import SamplingParams
-        from model_core.engine import Engine
+        from model_core.engine import Engine, ServingOptions
         from model_core.loading import load_model
 
         model, config, tokenizer = load_model(path, quantize=quantize)
-        ours = Engine(model, config, tokenizer)
+        # no prefix cache: a repeated prompt would be served from it, not prefilled again
+        ours = Engine(model, config, tokenizer, serving=ServingOptions(prefix_cache=0.0))
 
         def run(prompt, new_tokens):
             return ours.generate([prompt], SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))[0].token_ids
