@@ -2,6 +2,7 @@
 
     python -m bench.prefix_cache                     # offline default model (Qwen2.5-Coder-0.5B)
     python -m bench.prefix_cache --model smollm2-135m-instruct --new-tokens 16
+    python -m bench.prefix_cache --parts agent
 
 1. Follow-ups. A QA-shaped chat prompt (system message, then a document of at least 8,000
    tokens: license texts from /usr/share/common-licenses, GPL-3 then LGPL-2.1 and more until
@@ -98,20 +99,24 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model name or path (default: the offline default)")
     parser.add_argument("--min-doc-tokens", type=int, default=8000)
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--parts", default="followups,agent", help="comma-separated: followups, agent")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     hot = load_engine(args.model)
     cold = Engine(hot.model, hot.config, hot.tokenizer, str(hot.device), hot.runtime, hot.window,
                   ServingOptions(kv_budget_tokens=hot.serving.kv_budget_tokens, prefix_cache=0))
     engines = {"cache": hot, "no cache": cold}
-    doc = document(hot, args.min_doc_tokens)
-    rows = follow_ups(engines, doc, args.new_tokens)
-    computed = agent(engines, args.new_tokens)
-    print(json.dumps({"agent_prefill_tokens": computed, "stats": vars(hot.stats())}), flush=True)
-    print("\n| question | prompt tokens | cached | TTFT, cache (s) | TTFT, no cache (s) | ratio | same answer |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+    rows = follow_ups(engines, document(hot, args.min_doc_tokens), args.new_tokens) if "followups" in parts else []
+    if rows:
+        print("\n| question | prompt tokens | cached | TTFT, cache (s) | TTFT, no cache (s) | ratio | same answer |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['question']} | {r['prompt_tokens']} | {r['cached_tokens']} | {r['ttft_cache_s']:.2f} | "
               f"{r['ttft_no_cache_s']:.2f} | {r['speedup']:.1f}x | {'yes' if r['same_answer'] else 'NO'} |")
+    if "agent" not in parts:
+        return
+    computed = agent(engines, args.new_tokens)
+    print(json.dumps({"agent_prefill_tokens": computed, "stats": vars(hot.stats())}), flush=True)
     ratio = computed["no cache"] / max(1, computed["cache"])
     print(f"\nAgent, 4 steps: prefill tokens computed {computed['cache']} with the cache, "
           f"{computed['no cache']} without ({ratio:.1f}x fewer).")
