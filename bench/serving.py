@@ -288,8 +288,11 @@ def part_memory(stack: Stack, args: argparse.Namespace) -> str:
     def call(client: httpx.Client) -> dict:
         try:
             return stream_chat(client, args.new_tokens)
+        except httpx.HTTPStatusError as exc:
+            failures.append(f"{exc.response.status_code} {exc.response.read().decode()[:300]}")
+            return {"tokens": 0, "latency": float("nan")}
         except httpx.HTTPError as exc:
-            failures.append(str(exc))
+            failures.append(repr(exc))
             return {"tokens": 0, "latency": float("nan")}
 
     wall, results = concurrent(stack.url, k, call)
@@ -300,7 +303,7 @@ def part_memory(stack: Stack, args: argparse.Namespace) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|\n"
             f"| {k} | {budget} | {total} | {peak['used']} | {peak['running']} | {peak['waiting']} | "
             f"{peak['preemptions']} | {finished} | {len(failures)} | {wall:.1f} | "
-            f"{stack.peak_rss_mb():.0f} |")  # fmt: skip
+            f"{stack.peak_rss_mb():.0f} |" + (f"\n\nFirst failure: {failures[0]}" if failures else ""))  # fmt: skip
 
 
 PARTS = {"chat": part_chat, "followups": part_followups, "agent": part_agent,
