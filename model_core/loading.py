@@ -143,7 +143,6 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "float32", device: s
     return model, config, tokenizer
 
 
-
 def _with_generation_eos(config: ModelConfig, path: Path) -> ModelConfig:
     """generation_config.json often lists more end-of-turn ids than config.json (e.g. <|im_end|>)."""
     gen = path / "generation_config.json"
