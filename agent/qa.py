@@ -7,16 +7,20 @@ the model sees everything). The sources are numbered `[n]` in the prompt, each h
 file and the section it sits under.
 
 Prompt layout, for prefix caching: the fixed system prompt, then the sources, then the question
-last; what repeats across requests comes first. The model answers in its own words and cites
-`[n]` after each fact; a reply "[n] answer" is read too. "[0]" or the fixed sentence `NO_ANSWER`
-is the model saying no source holds the answer; the answer then says so and cites nothing.
-(Forcing the reply to start with "[" made the 0.5B model answer "0 [1]" or echo a heading.)
+last; what repeats across requests comes first. The model is asked for one sentence in the
+sources' words, nothing else: rules about citing or refusing made the 0.5B default worse at both
+(see SYSTEM_PROMPT). A reply that writes `[n]` or "[n] answer" is still read.
+
+No answer: when the model says `NO_ANSWER` (or "[0]"), or when `grounded` finds that the answer
+adds nothing to the question or names words and options that no source has, the answer is
+`NO_ANSWER`, nothing is cited, and `extra` keeps the model's text and the reason.
 
 Citations: the numbers the model wrote are kept when they name a source, each narrowed from its
-source passage to the best-matching sentence, so `quote` is the text at `[start, end)` of the
-document's extracted text. When the model wrote no usable number (rare with the prefix) the
-source whose sentences overlap the answer most is cited, flagged `attributed: "overlap"`; no
-marker is added to the answer text, so the answer shows only what the model wrote.
+source passage to the best-matching sentence (a sentence may wrap over lines, as in man pages
+and pydoc), so `quote` is the text at `[start, end)` of the document's extracted text. When the
+model wrote no usable number (the usual case with this prompt) the source whose sentences overlap
+the answer most is cited, flagged `attributed: "overlap"`; no marker is added to the answer text,
+so the answer shows only what the model wrote.
 
 Repetition: small models can loop ("the file the file the file ..."). Generation stops as soon
 as the answer repeats an 8-word sequence three times (`RepetitionGuard`; a repetition penalty
@@ -33,17 +37,22 @@ from typing import Any
 
 from agent.errors import AgentError
 
-SYSTEM_PROMPT = (  # the wording this 0.5B model answers with (checked on the demo question)
-    "You answer questions using only the numbered sources given. Answer in one or two "
-    "sentences, and after each fact cite its source number in brackets, like [1]. If the sources "
-    "do not contain the answer, reply exactly: The sources do not say."
-)
+# Qwen2.5's own default system message, and no rules in it: told to cite [n] the 0.5B model wrote
+# bare numbers ("[2] [3] [1]") or echoed source headers; told it may reply "The sources do not
+# say" it said so for 7 of 12 tuning questions whose passage it had. Told only to answer in one
+# sentence with the sources' words, it answered 9 of 12 (docs/retrieval.md); refusing is then
+# `grounded`'s job, and citing `cite`'s.
+SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 ANSWER_PREFIX = ""  # an assistant prefix for the reply ("[" forced a number first: worse answers)
 NO_ANSWER = "The sources do not say."
 REPEAT_NGRAM, REPEAT_TIMES = 8, 3
 _WORD = re.compile(r"[A-Za-z0-9]+")
-_SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+(?=\s|$)|$)", re.M)  # "2.0" does not end one
+# A sentence ends at . ! ? before a space, or at a blank line; a single newline does not end it
+# (man pages and pydoc wrap sentences across indented lines). "2.0" does not end one.
+_SENTENCE = re.compile(r"(?:[^\n]|\n(?![ \t|]*\n))+?(?:[.!?]+(?=\s|\Z)|(?=\n[ \t|]*\n)|\Z)")
 _MARKER = re.compile(r"\[(\d{1,3})\]")
+_CODE = re.compile(r"`[^`\n]{1,120}`|(?<![\w-])--?[A-Za-z][\w-]*")  # `code` spans, -x and --options
+_NAME = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*|\w+")  # an option as a whole, else a word
 _STOPWORDS = frozenset(
     "a an and are as at be by did do does for from has have how in is it its of on or that the "
     "this to was were what when where which who why will with".split()
@@ -126,8 +135,7 @@ def answer_question(
     reply = ANSWER_PREFIX + generation.text
     if repeated:
         reply = RepetitionGuard.trim(reply)
-    answer, citations, no_answer = _answer_and_citations(reply, question, sources, store)
-    extra: dict[str, Any] = {"no_answer": no_answer}
+    answer, citations, extra = _answer_and_citations(reply, question, sources, store)
     if repeated:
         extra["repetition_stopped"] = True
     finish = "repetition" if repeated else generation.finish_reason
@@ -173,13 +181,18 @@ def _generate(engine, messages, params, on_text, should_stop):
 
 
 def _answer_and_citations(reply: str, question: str, sources: list[Source], store: Any):
-    """(answer text, citations, no_answer) from the model's "[n] answer" reply."""
+    """(answer text, citations, extra) from the model's reply ("answer", "answer [n]" or "[n] answer").
+    An answer that `grounded` rejects becomes NO_ANSWER; `extra` keeps what the model wrote and why."""
     lead = re.match(r"\s*\[\s*(\d{1,3})\s*\]\s*", reply)
     body = reply[lead.end() :].strip() if lead else reply.lstrip().removeprefix("[").strip()
     if (lead and int(lead.group(1)) == 0) or NO_ANSWER.lower().rstrip(".") in body.lower():
-        return NO_ANSWER, [], True
+        return NO_ANSWER, [], {"no_answer": True, "no_answer_reason": "the model said so"}
     text = f"{body} [{lead.group(1)}]".strip() if lead else body  # "[2] x" reads as "x [2]"
-    return text, cite(text, question, sources, store), False
+    source_texts = [f"{s.source}\n{store.read(s.document, s.start, s.end)}" for s in sources]  # names too
+    unsupported = grounded(_MARKER.sub(" ", text), question, source_texts)
+    if unsupported:
+        return NO_ANSWER, [], {"no_answer": True, "model_answer": text, "no_answer_reason": unsupported}
+    return text, cite(text, question, sources, store), {"no_answer": False}
 
 
 class RepetitionGuard:
@@ -219,7 +232,7 @@ class RepetitionGuard:
 
 
 def _user_prompt(context: str, question: str) -> str:
-    return f"Sources:\n\n{context}\n\nQuestion: {question}"
+    return f"{context}\n\nQuestion: {question}\nAnswer in one sentence, using the words of the sources above."
 
 
 def _pack(store, question, budget, count_tokens, collection, document_ids, mode, top_k):
@@ -293,7 +306,7 @@ def _narrow(
             continue
         score = _score(sentence, answer_words, question_words)
         if score > best[0]:
-            lead = len(sentence) - len(sentence.lstrip())
+            lead = len(sentence) - len(sentence.lstrip(" \t\n|"))  # pydoc's "|" gutter too
             best = (score, match.start() + lead, match.end())
     _, begin, end = best
     quote = text[begin:end].rstrip()
@@ -319,6 +332,52 @@ def _score(text: str, answer_words: set[str], question_words: set[str]) -> float
         return 0.0
     on_question = len(words & question_words)
     return len(words & answer_words) * (1 + on_question) / len(words) ** 0.5 + 0.01 * on_question
+
+
+_ANSWER_FILLER = frozenset(
+    "according also any answer because but can could if into just may must only our should so "
+    "source sources than then there these they this those use used using we would you your".split()
+)
+GROUNDED_SHARE = 0.5  # at least this share of what an answer adds must be in its sources
+
+
+def grounded(answer: str, question: str, source_texts: list[str]) -> str | None:
+    """Why an answer does not answer from its sources, or None when it does.
+
+    What the answer adds to the question (its stemmed content words that the question lacks)
+    must be there, at least GROUNDED_SHARE of it must occur in the sources, and every name in a
+    `code` span and every -option it gives must occur in them (an option as a whole): "The ls option `--battery` shows the
+    battery level" adds nothing, "use the `--mailto` option" names an option no source has. A small model invents such answers when told it may not refuse, and refuses
+    answerable questions when told it may (measured in docs/retrieval.md).
+    """
+    joined = " ".join(source_texts)
+    known = {w.lower() for w in _NAME.findall(joined)}
+    for span in _CODE.findall(answer):  # the names and --options it gives must be in a source
+        missing = [w for w in _NAME.findall(span) if len(w) > 1 and w.lower() not in known]
+        if missing:
+            return f"{missing[0]} is in no source"
+    added = _stems(answer) - _stems(question) - _stems(" ".join(_ANSWER_FILLER))
+    if not added:
+        return "the answer only restates the question"
+    if len(added & _stems(joined)) < GROUNDED_SHARE * len(added):
+        return "the answer is not in the sources"
+    return None
+
+
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in _words(text)}
+
+
+def _stem(word: str) -> str:
+    global _STEMMER
+    if _STEMMER is None:
+        import Stemmer  # PyStemmer, which bm25s uses for the lexical index
+
+        _STEMMER = Stemmer.Stemmer("english")
+    return _STEMMER.stemWord(word)
+
+
+_STEMMER = None
 
 
 def _words(text: str) -> set[str]:

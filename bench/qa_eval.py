@@ -8,8 +8,9 @@ each question is asked in its corpus's collection (`mode rag`, top_k 4) and scor
 - answer accuracy: every expected answer word is in the answer (case-insensitive);
 - citation accuracy: a cited span (the quote's `[start, end)`) overlaps the answer passage;
   "source" accuracy: the cited source chunk overlaps it (before narrowing to a sentence);
-- no-answer questions (bench/data/questions/unanswerable.tsv, nothing in the corpus answers
-  them): the answer says so (`extra.no_answer`);
+- no-answer questions (nothing in the corpus answers them): the answer says so
+  (`extra.no_answer`); bench/data/questions/unanswerable.tsv for the tuning half (the set the
+  no-answer rule was chosen on), unanswerable_heldout.tsv (written before any run) for held-out;
 - seconds per question (wall clock of the job, one at a time, on whatever the cores carry).
 
     python -m bench.qa_eval [--split heldout] [--limit N] [--url http://127.0.0.1:8110]
@@ -156,7 +157,8 @@ def main() -> int:
                                  "answer": result["answer"], **score(q, result, answer_spans(q, texts))})  # fmt: skip
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             asked: dict[str, int] = {}
-            for line in (DATA / "unanswerable.tsv").read_text().splitlines():
+            no_answer_file = "unanswerable.tsv" if args.split == "tune" else "unanswerable_heldout.tsv"
+            for line in (DATA / no_answer_file).read_text().splitlines():
                 corpus, question = line.split("\t")
                 asked[corpus] = asked.get(corpus, 0) + 1
                 if corpus in corpora and asked[corpus] <= args.unanswerable:

@@ -86,6 +86,33 @@ def test_when_no_source_holds_the_answer_it_says_so_and_cites_nothing(tar_store)
     assert result.extra["no_answer"] is True
 
 
+@pytest.mark.parametrize("reply, reason", [
+    ("The tar option uploads the archive to a cloud bucket.", "restates"),  # adds nothing
+    ("Use the `--upload-bucket` option.", "no source"),  # an option no source has
+    ("Run tar with --cloud to upload it.", "no source"),
+    ("Tar sends it through the Amazon Glacier vault service.", "not in the sources"),  # invented words
+])
+def test_an_answer_the_sources_do_not_hold_becomes_no_answer_and_keeps_the_model_text(tar_store, reply, reason):
+    engine = ScriptedEngine(reply)
+    result = answer_question(engine, tar_store, "Which tar option uploads the archive to a cloud bucket?", mode="rag")
+    assert result.answer == NO_ANSWER and result.citations == []
+    assert result.extra["no_answer"] is True and result.extra["model_answer"] == reply
+    assert reason in result.extra["no_answer_reason"], result.extra
+
+
+@pytest.mark.parametrize("reply", [
+    "Use the `--keep-old-files` option.",
+    "To keep them, tar has -k, which does not replace existing files when extracting.",
+    "No, it treats existing files as errors.",
+])
+def test_an_answer_in_the_words_of_the_sources_is_kept_and_cited(tar_store, reply):
+    engine = ScriptedEngine(reply)
+    result = answer_question(engine, tar_store, "How do I keep files when unpacking?", mode="rag")
+    assert result.answer == reply and result.extra == {"no_answer": False}
+    assert [(c.number, c.attributed) for c in result.citations] == [(1, "overlap")]
+    assert "replace existing files" in result.citations[0].quote
+
+
 def test_a_looping_answer_is_stopped_trimmed_and_reported(tar_store):
     loop = "the files are kept on disk and " * 12
     engine = ScriptedEngine("[1] " + loop)
@@ -104,8 +131,9 @@ def test_the_question_comes_last_after_the_fixed_system_prompt_and_sources(tar_s
     answer_question(engine, tar_store, question, mode="rag")
     prompt = engine.tokenizer.last_text
     assert prompt.startswith(f"<system> {SYSTEM_PROMPT}"), "the reusable part must come first"
-    assert prompt.index("Sources:") < prompt.index("[1] tar.txt") < prompt.index(question)
-    assert prompt.rstrip().endswith(f"Question: {question}\n<assistant>"), prompt[-80:]
+    assert prompt.index(SYSTEM_PROMPT) < prompt.index("[1] tar.txt") < prompt.index(question)
+    assert prompt.rstrip().endswith(f"Question: {question}\nAnswer in one sentence, using the words of the "
+                                    "sources above.\n<assistant>"), prompt[-120:]
 
 
 def test_the_repetition_guard_lets_ordinary_answers_through():
