@@ -86,9 +86,14 @@ def split_of(question: str) -> str:
 
 
 def find_span(text: str, quote: str) -> tuple[int, int] | None:
+    spans = find_spans(text, quote)
+    return spans[0] if spans else None
+
+
+def find_spans(text: str, quote: str) -> list[tuple[int, int]]:
+    """Every place the quote occurs (pydoc repeats a docstring under each class that inherits it)."""
     pattern = r"[\s|]+".join(re.escape(word) for word in quote.split())  # pydoc prefixes " |  "
-    match = re.search(pattern, text)
-    return match.span() if match else None
+    return [match.span() for match in re.finditer(pattern, text)]
 
 
 def load_questions(corpus: str, texts: dict[str, str]) -> list[Question]:

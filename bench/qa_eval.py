@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.corpora import CORPORA, DATA, load_questions
-from bench.retrieval_eval import answer_spans, cached_embedder_class
+from bench.retrieval_eval import answer_spans, cached_embedder_class, overlaps
 
 TOP_K = 4  # sources per question (the API's default is 6; fewer keeps prefill short on CPU)
 
@@ -94,11 +94,6 @@ def ask(client, question: str, collection: str, max_new_tokens: int) -> tuple[di
         time.sleep(0.2)
 
 
-def overlaps(source: str, start: int, end: int, spans: dict) -> bool:
-    span = spans.get(source)
-    return bool(span) and start < span[1] and span[0] < end
-
-
 def score(q, result: dict, spans: dict) -> dict:
     answer = result["answer"].lower()
     sources = {s["number"]: s for s in result["sources"]}
@@ -111,6 +106,8 @@ def score(q, result: dict, spans: dict) -> dict:
         "retrieved_ok": any(overlaps(s["source"], s["start"], s["end"], spans) for s in sources.values()),
         "attributed": sorted({c["attributed"] for c in cited}),
         "no_answer": result["extra"].get("no_answer", False),
+        "no_answer_reason": result["extra"].get("no_answer_reason"),
+        "model_answer": result["extra"].get("model_answer"),
         "repetition": result["extra"].get("repetition_stopped", False),
     }
 
@@ -166,7 +163,9 @@ def main() -> int:
                     result = job.get("result") or {"answer": "", "extra": {}}
                     unanswerable.append({"corpus": corpus, "question": question, "seconds": seconds,
                                          "answer": result["answer"],
-                                         "no_answer": result["extra"].get("no_answer", False)})  # fmt: skip
+                                         "no_answer": result["extra"].get("no_answer", False),
+                                         "no_answer_reason": result["extra"].get("no_answer_reason"),
+                                         "model_answer": result["extra"].get("model_answer")})  # fmt: skip
                     print(json.dumps(unanswerable[-1]), file=sys.stderr, flush=True)
     finally:
         if process is not None:  # `up` and the worker it started: the whole process group

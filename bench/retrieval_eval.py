@@ -29,27 +29,38 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.corpora import CORPORA, find_span, load_questions
+from bench.corpora import CORPORA, find_spans, load_questions
 
 K = 5
 SWEEP_WEIGHTS = {"rrf": [(1.0, 1.0), (1.0, 0.5), (1.0, 2.0)],
                  "relative": [(0.75, 0.25), (0.5, 0.5), (0.6, 0.4), (0.9, 0.1)]}  # fmt: skip
 
 
-def answer_spans(q, texts: dict[str, str]) -> dict[str, tuple[int, int]]:
-    """Every document of the corpus holding the exact answer passage, with its span there."""
-    spans = {q.document: q.span}
+SPANS = "all"  # "first": only the first place a passage occurs in a document (the rule until 2026-12-03)
+
+
+def answer_spans(q, texts: dict[str, str]) -> dict[str, list[tuple[int, int]]]:
+    """Every document of the corpus holding the exact answer passage, with every span of it there
+    (pydoc repeats inherited docstrings: the same passage under another class holds the answer too)."""
+    spans = {}
     for name, text in texts.items():
-        if name != q.document and (span := find_span(text, q.quote)):
-            spans[name] = span
+        found = find_spans(text, q.quote)
+        if found:
+            spans[name] = found[:1] if SPANS == "first" else found
+    if q.span is not None and q.document not in spans:
+        spans[q.document] = [q.span]
     return spans
+
+
+def overlaps(document: str, start: int, end: int, spans: dict) -> bool:
+    """Does [start, end) of `document` overlap one of the answer spans in it?"""
+    return any(start < stop and begin < end for begin, stop in spans.get(document, ()))
 
 
 def first_hit(results, spans) -> int | None:
     """Rank (from 1) of the first result (document, start, end) overlapping an answer span."""
     for rank, (document, start, end) in enumerate(results[:K], start=1):
-        span = spans.get(document)
-        if span and start < span[1] and span[0] < end:
+        if overlaps(document, start, end, spans):
             return rank
     return None
 
@@ -324,11 +335,15 @@ def main() -> int:
     parser.add_argument("--sweep-chunks", default="128/24,200/32,256/48",
                         help="chunk/overlap token pairs for --sweep")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--spans", default="all", choices=["all", "first"],
+                        help="where a passage counts: every place it occurs, or only the first (the old rule)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="embedding cache folder (sweeps); chunks/s then counts fresh ones")
     parser.add_argument("--embed-speed", type=int, default=0, metavar="N",
                         help="only time MiniLM and all-mpnet-base-v2 on N license chunks, same run")
     args = parser.parse_args()
+    global SPANS
+    SPANS = args.spans
     if args.embed_speed:
         return embed_speed(args.embed_speed)
     args.sweep_chunks = [tuple(map(int, p.split("/"))) for p in args.sweep_chunks.split(",")]
