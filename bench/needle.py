@@ -402,15 +402,16 @@ def agreement(records: list[dict]) -> str:
 
 def timing(records: list[dict]) -> str:
     """Seconds per trial and peak RSS by length and method, from the trials themselves."""
-    lines = ["| method | length | trials | mean s / trial | prompt tok/s | cached tokens (mean) | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | length | weights | trials | mean s / trial | prompt tok/s | cached tokens (mean) | peak RSS MiB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["method"], r["length"]), []).append(r)
-    for (method, length), rs in sorted(groups.items(), key=lambda kv: (list(METHODS).index(kv[0][0]), kv[0][1])):
+        groups.setdefault((r["method"], r["length"], r.get("weights", "")), []).append(r)
+    for (method, length, weights), rs in sorted(groups.items(),
+                                                key=lambda kv: (list(METHODS).index(kv[0][0]), kv[0][1:])):
         seconds = sum(r["seconds"] for r in rs) / len(rs)
         new_tokens = sum(r["prompt_tokens"] - r["cached_tokens"] for r in rs) / len(rs)
-        lines.append(f"| {method} | {length // 1024}K | {len(rs)} | {seconds:.0f} | {new_tokens / seconds:.0f} | "
+        lines.append(f"| {method} | {length // 1024}K | {weights} | {len(rs)} | {seconds:.0f} | {new_tokens / seconds:.0f} | "
                      f"{sum(r['cached_tokens'] for r in rs) / len(rs):,.0f} | {max(r['peak_rss_mib'] for r in rs):,} |")
     return "\n".join(lines)
 
@@ -422,7 +423,8 @@ def print_table(records: list[dict]) -> None:
 
 
 def heat_maps(records: list[dict], folder: Path) -> list[Path]:
-    """One PNG per method: accuracy by needle depth (rows) and length (columns), k/n in each cell."""
+    """Accuracy by needle depth (rows) and length (columns), k/n in each cell: one PNG per method
+    and needle_all.png with every method side by side (the one the README shows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,10 +434,11 @@ def heat_maps(records: list[dict], folder: Path) -> list[Path]:
     by_cell = cells(records, "method", "depth", "length")
     lengths = sorted({r["length"] for r in records})
     depths = sorted({r["depth"] for r in records})
-    paths = []
-    for method in [m for m in METHODS if any(r["method"] == m for r in records)]:
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    size = (1.1 * len(lengths) + 1.2, 0.45 * len(depths) + 1.5)
+
+    def draw(ax, method):
         grid = [[float("nan")] * len(lengths) for _ in depths]
-        fig, ax = plt.subplots(figsize=(1.1 * len(lengths) + 2, 0.45 * len(depths) + 1.5))
         for i, depth in enumerate(depths):
             for j, length in enumerate(lengths):
                 hits = by_cell.get((method, depth, length))
@@ -447,12 +450,31 @@ def heat_maps(records: list[dict], folder: Path) -> list[Path]:
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("needle depth")
-        ax.set_title(f"needle: {method}")
-        fig.colorbar(image, ax=ax, label="exact match")
+        ax.set_title(method)
+        return image
+
+    paths = []
+    for method in methods:
+        fig, ax = plt.subplots(figsize=(size[0] + 0.8, size[1]))
+        fig.colorbar(draw(ax, method), ax=ax, label="exact match")
         fig.tight_layout()
         paths.append(folder / f"needle_{method}.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    columns = min(3, len(methods)) or 1
+    rows = -(-len(methods) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns + 1, size[1] * rows + 0.6),
+                             squeeze=False, constrained_layout=True)
+    for ax, method in zip(axes.flat, methods, strict=False):
+        image = draw(ax, method)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    if methods:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="exact match", shrink=0.8)
+    fig.suptitle("Needle in a haystack, Qwen2.5-Coder-0.5B (trained at 32K): correct / trials per cell")
+    paths.append(folder / "needle_all.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
     return paths
 
 
