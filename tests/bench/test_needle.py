@@ -102,5 +102,5 @@ def test_the_report_has_counts_intervals_and_a_heat_map(tmp_path):
     assert "1.00 (2/2; 0.34–1.00)" in needle.table(records)
     assert "| dca | 8K | 2 | 2 | 2 |" in needle.agreement(records)
     paths = needle.heat_maps(records, tmp_path)
-    assert [p.name for p in paths] == ["needle_rope.png", "needle_dca.png"]
+    assert [p.name for p in paths] == ["needle_rope.png", "needle_dca.png", "needle_all.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
