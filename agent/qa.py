@@ -344,11 +344,13 @@ GROUNDED_SHARE = 0.5  # at least this share of what an answer adds must be in it
 def grounded(answer: str, question: str, source_texts: list[str]) -> str | None:
     """Why an answer does not answer from its sources, or None when it does.
 
-    What the answer adds to the question (its stemmed content words that the question lacks)
-    must be there, at least GROUNDED_SHARE of it must occur in the sources, and every name in a
-    `code` span and every -option it gives must occur in them (an option as a whole): "The ls option `--battery` shows the
-    battery level" adds nothing, "use the `--mailto` option" names an option no source has. A small model invents such answers when told it may not refuse, and refuses
-    answerable questions when told it may (measured in docs/retrieval.md).
+    Every name in a `code` span and every -option the answer gives must occur in the sources
+    (an option as a whole); the answer must add something to the question (stemmed content
+    words the question lacks); and at least GROUNDED_SHARE of what it adds must occur in the
+    sources. "The ls option --battery shows the battery level" adds nothing, "use the `--mailto`
+    option" names an option no source has. The 0.5B default invents such answers when the
+    prompt does not let it refuse, and refuses answerable questions when it does (measured in
+    docs/retrieval.md), so refusing is decided here.
     """
     joined = " ".join(source_texts)
     known = {w.lower() for w in _NAME.findall(joined)}
