@@ -30,6 +30,7 @@ result says so: `finish_reason "repetition"`, `extra["repetition_stopped"] = Tru
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -358,7 +359,7 @@ def grounded(answer: str, question: str, source_texts: list[str]) -> str | None:
         missing = [w for w in _NAME.findall(span) if len(w) > 1 and w.lower() not in known]
         if missing:
             return f"{missing[0]} is in no source"
-    added = _stems(answer) - _stems(question) - _stems(" ".join(_ANSWER_FILLER))
+    added = _stems(answer) - _stems(question) - _filler_stems()
     if not added:
         return "the answer only restates the question"
     if len(added & _stems(joined)) < GROUNDED_SHARE * len(added):
@@ -367,19 +368,20 @@ def grounded(answer: str, question: str, source_texts: list[str]) -> str | None:
 
 
 def _stems(text: str) -> set[str]:
-    return {_stem(w) for w in _words(text)}
+    stemmer = _stemmer()
+    return {stemmer.stemWord(w) for w in _words(text)}
 
 
-def _stem(word: str) -> str:
-    global _STEMMER
-    if _STEMMER is None:
-        import Stemmer  # PyStemmer, which bm25s uses for the lexical index
+@functools.cache
+def _stemmer():
+    import Stemmer  # PyStemmer, which bm25s uses for the lexical index
 
-        _STEMMER = Stemmer.Stemmer("english")
-    return _STEMMER.stemWord(word)
+    return Stemmer.Stemmer("english")
 
 
-_STEMMER = None
+@functools.cache
+def _filler_stems() -> frozenset[str]:
+    return frozenset(_stems(" ".join(_ANSWER_FILLER)))
 
 
 def _words(text: str) -> set[str]:

@@ -94,6 +94,13 @@ def ask(client, question: str, collection: str, max_new_tokens: int) -> tuple[di
         time.sleep(0.2)
 
 
+def no_answer_questions(split: str) -> list[tuple[str, str]]:
+    """(corpus, question) pairs nothing answers: the tuning set the no-answer rule was chosen on,
+    or the held-out set written before any run."""
+    name = "unanswerable.tsv" if split == "tune" else "unanswerable_heldout.tsv"
+    return [tuple(line.split("\t")) for line in (DATA / name).read_text().splitlines() if line.strip()]
+
+
 def score(q, result: dict, spans: dict) -> dict:
     answer = result["answer"].lower()
     sources = {s["number"]: s for s in result["sources"]}
@@ -154,9 +161,7 @@ def main() -> int:
                                  "answer": result["answer"], **score(q, result, answer_spans(q, texts))})  # fmt: skip
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             asked: dict[str, int] = {}
-            no_answer_file = "unanswerable.tsv" if args.split == "tune" else "unanswerable_heldout.tsv"
-            for line in (DATA / no_answer_file).read_text().splitlines():
-                corpus, question = line.split("\t")
+            for corpus, question in no_answer_questions(args.split):
                 asked[corpus] = asked.get(corpus, 0) + 1
                 if corpus in corpora and asked[corpus] <= args.unanswerable:
                     job, seconds = ask(client, question, corpus, args.max_new_tokens)

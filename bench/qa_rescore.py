@@ -12,8 +12,8 @@ import json
 import sys
 
 from bench import retrieval_eval
-from bench.corpora import CORPORA, DATA, load_questions
-from bench.qa_eval import report, score, summarize
+from bench.corpora import CORPORA, load_questions
+from bench.qa_eval import no_answer_questions, report, score, summarize
 
 
 def main() -> int:
@@ -49,9 +49,7 @@ def main() -> int:
             result = job["result"]
             rows.append({"id": q.id, "corpus": corpus, "seconds": seconds, "answer": result["answer"],
                          **score(q, result, retrieval_eval.answer_spans(q, texts))})  # fmt: skip
-    no_answer_file = "unanswerable.tsv" if args.split == "tune" else "unanswerable_heldout.tsv"
-    for line in (DATA / no_answer_file).read_text().splitlines():
-        corpus, question = line.split("\t")
+    for corpus, question in no_answer_questions(args.split):
         job = jobs.get((corpus, question))
         if job is not None and job["status"] == "succeeded":
             result = job["result"]
