@@ -8,6 +8,10 @@ and cut to --tokens tokens (2,000). One full-sequence forward per model (no cach
 position the next-token distribution of the quantized model is compared with float32's:
 top-1 agreement (same argmax) and mean KL(float32 || quantized) in nats. Prints a Markdown table
 and, with --json, one JSON object.
+
+A full-sequence forward has many rows, so `Q8Linear` would take its prefill path (dequantize +
+float32 GEMM). `--path decode` (the default) sends every row through the q8 kernel instead, with
+its int8 activations: what each decoded token sees. `--path prefill` measures the GEMM path.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from model_core import load_engine
 from model_core.model import forward_full
+from model_core.quantize import Q8Linear
 
 LICENSES = Path("/usr/share/common-licenses")
 ORDER = ["Apache-2.0", "GPL-3", "LGPL-3", "MPL-2.0", "Artistic", "BSD", "GFDL-1.3", "CC0-1.0"]
@@ -53,16 +58,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--modes", nargs="+", default=["gguf", "int8", "int4", "bf16"])
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--path", choices=["decode", "prefill"], default="decode",
+                        help="decode: every row through the q8 kernel (int8 activations); prefill: GEMM")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.path == "decode":
+        Q8Linear.kernel_rows = 1 << 30
 
     engine = load_engine(args.model, quantize="none")
     ids = torch.tensor([engine.tokenizer.encode(license_text())[: args.tokens]])
     reference = log_probs(engine, ids).half()  # kept in float16 to halve its memory
     del engine
     gc.collect()
-    results = {"model": args.model or "default", "tokens": ids.shape[1], "modes": {}}
+    results = {"model": args.model or "default", "tokens": ids.shape[1], "path": args.path, "modes": {}}
     for mode in args.modes:
         start = time.perf_counter()
         engine = load_engine(args.model, quantize=mode)
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         del engine, logp
         gc.collect()
         print(f"{mode}: {results['modes'][mode]}", flush=True)
-    print(f"\n{results['model']}, {results['tokens']} tokens of license text, against float32:\n")
+    print(f"\n{results['model']}, {results['tokens']} tokens of license text, {args.path} path, against float32:\n")
     print("| mode | top-1 agreement | mean KL (nats) |\n|---|---|---|")
     for mode, r in results["modes"].items():
         print(f"| {mode} | {r['top1']:.2%} | {r['kl']:.4f} |")

@@ -5,11 +5,16 @@ module with the same `forward(x)` contract that keeps its weight quantized and m
 PyTorch's CPU weight-only kernels, and the embedding by one that dequantizes only the rows it
 looks up. Modes (`QUANTIZE`):
 
-- `"gguf"` (the default for GGUF files): each tensor keeps the precision the file gave it.
-  Q4_0 / Q4_1 / Q4_K blocks map exactly onto int4 groups of 32 (up to bf16 rounding of the
-  scale and zero); Q5_0, Q8_0 and Q6_K go to the kind `GGUF_PLAN` names (chosen by measurement:
-  docs/quantization.md). The embedding keeps the file's blocks and dequantizes looked-up rows.
-- `"int8"`: every linear weight int8 per output channel (`scale = max|w| / 127`).
+- `"gguf"` (the default for GGUF files): every quantized tensor becomes int8 in groups of 32
+  with a float16 scale each (`Q8Linear`, GGUF's own Q8_0 layout): Q8_0, Q5_0 and Q4_0 blocks
+  exactly (their values are small integers times the block's scale), Q4_K / Q6_K / Q4_1
+  requantized from their dequantized values (8 bits per group of 32: error < 0.4% of the
+  group's largest weight). Chosen by measurement (docs/quantization.md): faster than the int4 and
+  per-channel int8 kernels on this CPU, and closer to float32. Where the q8 kernel cannot be
+  built, the older plan `GGUF_PLAN` runs (Q4 blocks exactly as int4, the rest int8 per channel).
+  The embedding keeps the file's blocks and dequantizes looked-up rows.
+- `"int8"`: every linear weight int8: groups of 32 (`Q8Linear`) where the q8 kernel runs, per
+  output channel (`Int8Linear`, `scale = max|w| / 127`) where it does not.
 - `"int4"`: every linear weight int4 in groups of 32 along K, asymmetric (min/max), Q4 blocks
   exactly as in `"gguf"`.
 - `"int4x2"`: as `"int4"`, but weights that are not Q4 blocks get a second int4 pass for the
@@ -17,14 +22,17 @@ looks up. Modes (`QUANTIZE`):
 - `"bf16"`: every linear weight in bfloat16 (twice int8's memory; the accuracy reference).
 - `"none"`: nothing replaced (the float32 reference path the parity tests use).
 
-The kernels (PyTorch 2.13, aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp):
+`Q8Linear` multiplies with `model_core.kernels.q8_matmul` (our AVX2 kernel: activations to
+int8 per group of 32, integer dot products, as llama.cpp does) for up to `Q8Linear.kernel_rows`
+rows, and dequantizes + GEMM above (prefill). The PyTorch kernels the other modules use
+(PyTorch 2.13, aten/src/ATen/native/cpu/int4mm_kernel.cpp, int8mm_kernel.cpp):
 - `_weight_int4pack_mm_for_cpu(x, packed, group, scale_and_zero)`: weight (N, K) as 4-bit
   q in 0..15, `_convert_weight_to_int4pack_for_cpu(q int32 (N, K), 1)` packs it (on AVX-512 in
   blocks of 64 output rows, on AVX2 of 32, two rows per byte); `scale_and_zero` is (K / group, N, 2) and the
   weight is `w = (q - 8) * scale + zero`; group 32, 64, 128 or 256. Vectorized (AVX-512/AVX2)
   only for bfloat16 activations; float32 / float16 fall to a scalar loop.
 - `_weight_int8pack_mm(x, w int8 (N, K), scales (N,))`: `y = x @ (w * scales).T`, vectorized
-  for bfloat16 only; K a multiple of 16 (aligned 16-element loads).
+  for bfloat16 on AVX-512 only (a scalar loop on AVX2); K a multiple of 16.
 Both are GEMV-shaped (4 rows of x at a time, no K tiling), so for more than `GEMV_ROWS` rows
 (prefill) the weight is dequantized for the call and oneDNN's GEMM does the work: in bfloat16
 where the CPU has AVX-512 BF16 or AMX, in float32 elsewhere (`gemm_dtype`; on AVX2 a bf16 GEMM
@@ -51,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_core import kernels
 from model_core.errors import CheckpointError
 
 QUANTIZE = ("gguf", "int8", "int4", "int4x2", "bf16", "none")
@@ -62,6 +71,8 @@ COMPUTE = torch.bfloat16
 GGUF_PLAN = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
              "Q5_0": "int8", "Q8_0": "int8", "Q6_K": "int8",
              "F32": "bf16", "F16": "bf16", "BF16": "bf16"}
+# with the q8 kernel: these GGUF types become Q8Linear (int8 per group of 32)
+GGUF_Q8 = {"Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q8_0", "Q6_K"}
 
 
 @dataclass
@@ -90,6 +101,25 @@ class GGUFTensor:
     def owned(self) -> GGUFTensor:
         """A copy whose blocks are in memory, not a view of the file's map (which then closes)."""
         return GGUFTensor(np.array(self.blocks), self.type_name, self.shape)
+
+    def q8_groups(self, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q int8 (N, K), scale float16 (N, K/32)) with w = q * scale per group of 32, computed
+        `chunk` rows at a time. Q8_0 / Q5_0 / Q4_0 hold w = d * integer with |integer| <= 127 per
+        block of 32, so q = w / d is exact; other types are requantized (`q8_groups`)."""
+        exact = self.type_name in ("Q8_0", "Q5_0", "Q4_0")
+        qs, scales = [], []
+        for start in range(0, self.shape[0], chunk):
+            rows = np.arange(start, min(start + chunk, self.shape[0]))
+            w = self.dequantize(rows)
+            if exact:
+                size = {"Q8_0": 34, "Q5_0": 22, "Q4_0": 18}[self.type_name]
+                d = torch.from_numpy(_f16(self.blocks[rows].reshape(len(rows), -1, size)[..., 0:2]))
+                q, scale = _q8_with_scale(w, d.half())
+            else:
+                q, scale = q8_groups(w)
+            qs.append(q)
+            scales.append(scale)
+        return torch.cat(qs), torch.cat(scales)
 
     def int4_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(q (N, K) in 0..15, scale (N, K/32), offset (N, K/32)) with w = scale * q + offset,
@@ -272,6 +302,55 @@ class BF16Linear(QuantizedLinear):
         return self.w.to(dtype)
 
 
+class Q8Linear(QuantizedLinear):
+    """int8 in groups of 32 along K, one float16 scale per group (GGUF's Q8_0 layout):
+    `kernels.q8_matmul` for up to `kernel_rows` rows (decode, small batches), dequantize + GEMM
+    above (prefill: measured faster there, docs/quantization.md)."""
+
+    kernel_rows = 64
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__(q.shape[1], q.shape[0], bias)
+        self.register_buffer("q", q.to(torch.int8).contiguous())
+        self.register_buffer("scale", scale.to(torch.float16).contiguous())
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Q8Linear:
+        return cls(*q8_groups(weight), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).float()
+        if rows.shape[0] <= self.kernel_rows:
+            y = kernels.q8_matmul(rows, self.q, self.scale)
+        else:
+            y = F.linear(rows, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return kernels.dequantize(self.q, self.scale).to(dtype)
+
+
+def q8_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per group of 32 along K: scale = max|w| / 127 (as float16), q = round(w / scale)."""
+    n, k = weight.shape
+    d = (weight.float().reshape(n, k // GROUP, GROUP).abs().amax(-1) / 127).half()
+    return _q8_with_scale(weight, d)
+
+
+def _q8_with_scale(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q = round(w / scale) per group (0 where the scale is 0; a scale may be negative, as
+    llama.cpp writes Q5_0 / Q4_0 blocks), clamped to +-127 (the kernel's sign trick needs
+    |q| <= 127)."""
+    n, k = weight.shape
+    d = scale.float()[..., None]
+    w = weight.float().reshape(n, k // GROUP, GROUP)
+    q = torch.where(d != 0, w / torch.where(d != 0, d, 1.0), 0.0).round().clamp(-127, 127)
+    return q.reshape(n, k).to(torch.int8), scale
+
+
 def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per output row: scale = max|w| / 127 (rounded to bf16 first, as stored)."""
     w = weight.float()
@@ -404,8 +483,14 @@ def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTens
 
 def _quantized_linear(mode: str, source: GGUFTensor | None, weight: torch.Tensor,
                       bias: torch.Tensor | None, name: str) -> QuantizedLinear:
+    q8 = kernels.available()
     if source is not None:
-        kind = GGUF_PLAN.get(source.type_name, "int8") if mode == "gguf" else mode
+        if mode == "gguf":
+            kind = "int8" if q8 and source.type_name in GGUF_Q8 else GGUF_PLAN.get(source.type_name, "int8")
+        else:
+            kind = mode
+        if kind == "int8" and q8 and source.shape[1] % GROUP == 0:
+            return Q8Linear(*source.q8_groups(), bias)
         if kind in ("int4", "int4x2") and (groups := source.int4_groups()) is not None:
             return Int4Linear.from_groups(*groups, bias)
         if kind == "int8" and source.shape[1] % 16 == 0:  # by row chunks: no float copy of a whole head
@@ -419,6 +504,8 @@ def _quantized_linear(mode: str, source: GGUFTensor | None, weight: torch.Tensor
     n, k = dense.shape
     if kind in ("int4", "int4x2") and (k % GROUP or n % 64):
         kind = "int8"
+    if kind == "int8" and q8 and k % GROUP == 0:
+        return Q8Linear.from_float(dense, bias)
     if kind == "int8" and k % 16:
         kind = "bf16"
     build: dict[str, Any] = {"int8": Int8Linear.from_float, "int4": Int4Linear.from_float,

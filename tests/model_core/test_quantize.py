@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_core import load_engine
+from model_core import kernels, load_engine
 from model_core.errors import CheckpointError
 from model_core.model import forward_full
 from model_core.quantize import (
@@ -18,9 +18,12 @@ from model_core.quantize import (
     Int4Linear,
     Int4x2Linear,
     Int8Linear,
+    Q8Linear,
     QuantizedEmbedding,
     QuantizedLinear,
 )
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the q8 kernel is not built on this machine")
 
 # where each type keeps its f16 scale fields: (byte offset, block size)
 SCALE_FIELDS = {"Q4_0": ([0], 18), "Q4_1": ([0, 2], 20), "Q4_K": ([0, 2], 144),
@@ -89,6 +92,69 @@ def test_quantized_linear_multiplies_as_its_dequantized_weight(kind, rows):
     assert error < 1e-2, f"{kind}, {rows} rows: max error {error:.2e} of the largest output"
 
 
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q5_0", "Q4_0"])
+def test_q8_groups_hold_q8_q5_q4_0_blocks_exactly(type_name):
+    blocks = random_blocks(type_name, 96, 256, seed=4)
+    if type_name == "Q8_0":  # llama.cpp writes q in -127..127 (round(x / (max|x| / 127))), never -128
+        values = blocks.blocks.reshape(96, 8, 34)[..., 2:]
+        values[values == 128] = 127
+    # llama.cpp's Q5_0 / Q4_0 scales are signed (d = max / -16 for the value of largest magnitude)
+    scales = blocks.blocks.reshape(96, 8, -1)[..., 0:2]
+    scales[::3, ::2, 1] |= 0x80  # the sign bit of the f16 scale, every third row, every other block
+    q, scale = blocks.q8_groups(chunk=40)  # several chunks
+    assert q.dtype == torch.int8 and scale.dtype == torch.float16 and scale.shape == (96, 8)
+    assert torch.equal(kernels.dequantize(q, scale), reference(blocks))
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q4_1"])
+def test_q8_groups_requantize_other_blocks_within_half_a_step(type_name):
+    blocks = random_blocks(type_name, 64, 512, seed=5)
+    q, scale = blocks.q8_groups()
+    step = scale.float().repeat_interleave(32, 1)
+    error = ((kernels.dequantize(q, scale) - reference(blocks)).abs() / step).max().item()
+    assert error <= 0.5 + 1e-2 and q.abs().max() <= 127
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 5, 17])
+@pytest.mark.parametrize("out_features", [24, 200])
+def test_q8_kernel_equals_its_reference(rows, out_features):
+    """The AVX2 kernel against `q8_reference` (activations rounded to int8 per group of 32, then
+    float math): equal up to float summation order; zero groups and +-127 extremes included."""
+    g = torch.Generator().manual_seed(rows * 1000 + out_features)
+    q = torch.randint(-127, 128, (out_features, 256), dtype=torch.int8, generator=g)
+    q[0] = 127
+    q[1] = -127
+    scale = (torch.rand(out_features, 8, generator=g) * 0.02).half()
+    scale[2, 3] = 0
+    x = torch.randn(rows, 256, generator=g) * 3
+    x[0, :32] = 0  # a group of zeros: scale 0
+    x[-1, 40] = 500.0  # an outlier sets its group's scale
+    got, expected = kernels.q8_matmul(x, q, scale), kernels.q8_reference(x, q, scale)
+    assert got.shape == (rows, out_features)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
+
+
+def test_activation_rounding_is_within_half_a_step_per_group():
+    x = torch.randn(3, 128) * torch.logspace(-3, 2, 128)
+    rounded = kernels.quantize_activations(x)
+    step = x.reshape(3, 4, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((rounded - x).reshape(3, 4, 32).abs() <= step / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, Q8Linear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
+def test_q8_linear_multiplies_as_its_weight(rows):
+    """Up to kernel_rows rows the kernel (int8 activations per group); above, float32 GEMM."""
+    blocks = random_blocks("Q5_0", 64, 256, seed=6)
+    bias = torch.randn(64)
+    module = Q8Linear(*blocks.q8_groups(), bias)
+    x = torch.randn(rows, 256)
+    weight = reference(blocks)
+    kernel_path = rows <= Q8Linear.kernel_rows
+    expected = F.linear(kernels.quantize_activations(x) if kernel_path else x, weight, bias)
+    torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
 def test_embedding_rows_are_the_blocks_rows():
     blocks = random_blocks("Q5_0", 300, 256, seed=3)
     embedding = QuantizedEmbedding(300, 256, blocks=blocks)
@@ -117,3 +183,25 @@ def test_unknown_quantize_mode_is_named(dense_checkpoint):
     path, _ = dense_checkpoint
     with pytest.raises(CheckpointError, match="'int3'"):
         load_engine(path, quantize="int3")
+
+
+def test_without_the_q8_kernel_gguf_weights_take_pytorchs_kernels(monkeypatch):
+    """LONGCTX_NO_KERNELS (or no compiler): the older plan, Q4 blocks as int4 and the rest int8
+    per channel, still multiplying as the weights the blocks hold."""
+    from model_core.quantize import _quantized_linear
+
+    monkeypatch.setenv("LONGCTX_NO_KERNELS", "1")
+    kernels._module.cache_clear()
+    try:
+        assert not kernels.available()
+        for type_name, kind in (("Q4_K", Int4Linear), ("Q5_0", Int8Linear)):
+            blocks = random_blocks(type_name, 64, 256, seed=7)
+            module = _quantized_linear("gguf", blocks, torch.empty(0), None, "w")
+            assert type(module) is kind
+            x = torch.randn(2, 256)
+            expected = F.linear(x.bfloat16().float(), reference(blocks))
+            assert ((module(x) - expected).abs().max() / expected.abs().max()).item() < 2e-2
+    finally:
+        monkeypatch.delenv("LONGCTX_NO_KERNELS")
+        kernels._module.cache_clear()
+    assert kernels.available() == (kernels._module() is not None)
