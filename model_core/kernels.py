@@ -1,6 +1,6 @@
 """A CPU kernel PyTorch does not ship: int8 weights in groups of 32 times float32 activations.
 
-    q8_matmul(x (M, K) float32, q (N, K) int8, scale (N, K/32) float16) -> (M, N) float32
+    q8_matmul(x (M, K) float32, q (N, K) int8, scale (N, K/32) float16, bias=None) -> (M, N) float32
     y[m, n] = sum_g scale[n, g] * d[m, g] * sum_{k in group g} xq[m, k] * q[n, k]
 
 where xq, d are x in llama.cpp's Q8_0 form: each group of 32 activations as int8 with one scale
@@ -79,7 +79,7 @@ static void quantize_row(const float* x, int8_t* q, float* d, int64_t K) {
 // (|x| * sign(x) w with vpmaddubsw, pairs summed by vpmaddwd), scaled by d_x * d_w in float.
 template <int R>
 static void rows_block(const int8_t* xq, const float* xd, const int8_t* q, const float* wd,
-                       float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+                       const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
   const int64_t G = K / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t n = n0; n < n1; ++n) {
@@ -95,22 +95,32 @@ static void rows_block(const int8_t* xq, const float* xd, const int8_t* q, const
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dn[g] * xd[r * G + g]), _mm256_cvtepi32_ps(dot), acc[r]);
       }
     }
-    for (int r = 0; r < R; ++r) y[r * N + n] = hsum(acc[r]);
+    const float b = bias ? bias[n] : 0.0f;
+    for (int r = 0; r < R; ++r) y[r * N + n] = hsum(acc[r]) + b;
   }
 }
 
-typedef void (*block_fn)(const int8_t*, const float*, const int8_t*, const float*, float*, int64_t,
-                         int64_t, int64_t, int64_t);
+typedef void (*block_fn)(const int8_t*, const float*, const int8_t*, const float*, const float*,
+                         float*, int64_t, int64_t, int64_t, int64_t);
 static const block_fn BLOCKS[4] = {rows_block<1>, rows_block<2>, rows_block<3>, rows_block<4>};
 
-torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
+// x (..., K) float32 -> (..., N): one call does the reshape, the multiply and the bias.
+torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && q.dtype() == torch::kInt8 && scale.dtype() == torch::kFloat16,
-              "q8_matmul: x float32, q int8, scale float16");
-  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && x.size(1) == q.size(1) && q.size(1) % 32 == 0 &&
-              scale.size(0) == q.size(0) && scale.size(1) == q.size(1) / 32, "q8_matmul: shapes");
+              "q8_linear: x float32, q int8, scale float16");
+  TORCH_CHECK(x.dim() >= 1 && q.dim() == 2 && x.size(-1) == q.size(1) && q.size(1) % 32 == 0 &&
+              scale.size(0) == q.size(0) && scale.size(1) == q.size(1) / 32, "q8_linear: shapes");
   x = x.contiguous(); q = q.contiguous(); scale = scale.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), G = K / 32;
-  auto y = torch::empty({M, N}, x.options());
+  const int64_t K = x.size(-1), M = x.numel() / K, N = q.size(0), G = K / 32;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  auto y = torch::empty(out_shape, x.options());
+  torch::Tensor b;
+  if (bias.has_value()) {
+    b = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(b.numel() == N, "q8_linear: bias size");
+  }
+  const float* bp = bias.has_value() ? b.data_ptr<float>() : nullptr;
   auto xq = torch::empty({M, K}, q.options());
   auto xd = torch::empty({M, G}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -131,7 +141,7 @@ torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
       for (int64_t i = 0; i < (n1 - n0) * G; ++i) wd[i] = _cvtsh_ss(sp[n0 * G + i]);
       for (int64_t m = 0; m < M; m += 4) {
         const int64_t r = std::min<int64_t>(4, M - m);
-        BLOCKS[r - 1](xqp + m * K, xdp + m * G, qp, wd.data(), yp + m * N, K, N, n0, n1);
+        BLOCKS[r - 1](xqp + m * K, xdp + m * G, qp, wd.data(), bp, yp + m * N, K, N, n0, n1);
       }
     }
   });
@@ -139,7 +149,8 @@ torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
 }
 """
 
-_CPP_DECL = "torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale);"
+_CPP_DECL = ("torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, "
+             "c10::optional<torch::Tensor> bias);")
 
 
 def _cpu_flags() -> set[str]:
@@ -161,7 +172,7 @@ def _module():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_matmul"],
+        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear"],
                            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler / ninja, or a build failure: the reference path runs
@@ -193,8 +204,11 @@ def q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch
     return quantize_activations(x) @ dequantize(q, scale).t()
 
 
-def q8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def q8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) float32 -> (..., N): the kernel where built, else `q8_reference` (+ bias)."""
     module = _module()
     if module is None:
-        return q8_reference(x, q, scale)
-    return module.q8_matmul(x, q, scale)
+        y = q8_reference(x, q, scale)
+        return y if bias is None else y + bias
+    return module.q8_linear(x, q, scale, bias)

@@ -319,15 +319,11 @@ class Q8Linear(QuantizedLinear):
         return cls(*q8_groups(weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1]).float()
-        if rows.shape[0] <= self.kernel_rows:
-            y = kernels.q8_matmul(rows, self.q, self.scale)
-        else:
-            y = F.linear(rows, self.dequantize())
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        if x.numel() <= self.kernel_rows * self.in_features:
+            if x.dtype == torch.float32:  # decode: one call, no reshapes or casts around it
+                return kernels.q8_matmul(x, self.q, self.scale, self.bias)
+            return kernels.q8_matmul(x.float(), self.q, self.scale, self.bias).to(x.dtype)
+        return F.linear(x.float(), self.dequantize(), self.bias).to(x.dtype)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return kernels.dequantize(self.q, self.scale).to(dtype)

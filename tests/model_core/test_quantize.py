@@ -148,7 +148,7 @@ def test_q8_linear_multiplies_as_its_weight(rows):
     blocks = random_blocks("Q5_0", 64, 256, seed=6)
     bias = torch.randn(64)
     module = Q8Linear(*blocks.q8_groups(), bias)
-    x = torch.randn(rows, 256)
+    x = torch.randn(1, rows, 256)  # (batch, tokens, features), as the model calls it
     weight = reference(blocks)
     kernel_path = rows <= Q8Linear.kernel_rows
     expected = F.linear(kernels.quantize_activations(x) if kernel_path else x, weight, bias)
