@@ -1,4 +1,4 @@
-"""A CPU kernel PyTorch does not ship: int8 weights in groups of 32 times float32 activations.
+"""A CPU kernel PyTorch does not ship: int8 weights in groups of 32 times int8 activations.
 
     q8_matmul(x (M, K) float32, q (N, K) int8, scale (N, K/32) float16, bias=None) -> (M, N) float32
     y[m, n] = sum_g scale[n, g] * d[m, g] * sum_{k in group g} xq[m, k] * q[n, k]
@@ -21,8 +21,9 @@ the int16 pair sums cannot saturate), converted to float and scaled by d_x * d_w
 weight row is read once per block of up to 4 activation rows; output rows are split across
 PyTorch's own OpenMP pool (`at::parallel_for`, compiled with -fopenmp, which binds to the libgomp
 torch ships, so `torch.set_num_threads` holds). Measured on the 0.5B Qwen2 against float32
-(docs/quantization.md): Q8_0 activations with exact int8 weights keep top-1 agreement at 98%. Built once per machine with `torch.utils.cpp_extension.load_inline`
-(g++ and ninja; cached in TORCH_EXTENSIONS_DIR). Where it cannot be built (no compiler, not x86
+(docs/quantization.md): Q8_0 activations with exact int8 weights keep top-1 agreement at 98%.
+Built once per machine with `torch.utils.cpp_extension.load_inline` (g++ and ninja; cached in
+TORCH_EXTENSIONS_DIR). Where it cannot be built (no compiler, not x86
 with AVX2/FMA/F16C; LONGCTX_NO_KERNELS=1) `available()` is False: `model_core.quantize` then keeps
 the older plan on PyTorch's own kernels, and `q8_matmul` itself falls back to `q8_reference`.
 """
@@ -44,7 +45,6 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <cmath>
 
 static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -153,12 +153,14 @@ _CPP_DECL = ("torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::T
              "c10::optional<torch::Tensor> bias);")
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags /proc/cpuinfo lists for the first CPU (empty where unreadable)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        return set(text.split("\nflags", 2)[1].split("\n", 1)[0].split(":", 1)[1].split())
+        return frozenset(text.split("\nflags", 2)[1].split("\n", 1)[0].split(":", 1)[1].split())
     except (OSError, IndexError):
-        return set()
+        return frozenset()
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,7 +168,7 @@ def _module():
     """The compiled extension, or None where it cannot be built here (logged once)."""
     if os.environ.get("LONGCTX_NO_KERNELS"):
         return None
-    if not {"avx2", "fma", "f16c"} <= _cpu_flags():
+    if not {"avx2", "fma", "f16c"} <= cpu_flags():
         log.info("q8 kernel: this CPU lacks AVX2/FMA/F16C; PyTorch's int8/int4 kernels instead")
         return None
     try:
@@ -185,13 +187,20 @@ def available() -> bool:
     return _module() is not None
 
 
+def round_to_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """round(values / scale) in -127..127 (0 where the scale is 0; a scale may be negative),
+    values (..., G, 32) against scale (..., G): the one rounding rule of weights and activations
+    (the kernel's sign trick needs |q| <= 127)."""
+    d = scale.float()[..., None]
+    return torch.where(d != 0, values.float() / torch.where(d != 0, d, 1.0), 0.0).round().clamp(-127, 127)
+
+
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     """x with each group of 32 along K rounded to int8 levels (d = max|x| / 127): what the kernel
     multiplies with, as floats."""
     groups = x.float().reshape(*x.shape[:-1], -1, GROUP)
-    d = groups.abs().amax(-1, keepdim=True) / 127
-    q = torch.where(d > 0, groups / torch.where(d > 0, d, 1.0), 0.0).round().clamp(-127, 127)
-    return (q * d).reshape(x.shape)
+    d = groups.abs().amax(-1) / 127
+    return (round_to_int8(groups, d) * d[..., None]).reshape(x.shape)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,6 @@ import ctypes
 import functools
 import mmap
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,7 @@ from model_core import kernels
 from model_core.errors import CheckpointError
 
 QUANTIZE = ("gguf", "int8", "int4", "int4x2", "bf16", "none")
-GROUP = 32  # int4 group along K: a GGUF block
+GROUP = kernels.GROUP  # 32 along K: a GGUF block (int4 groups, q8 groups)
 GEMV_ROWS = 8  # up to this many rows the weight-only kernels; above, dequantize + bf16 GEMM
 COMPUTE = torch.bfloat16
 
@@ -154,11 +153,7 @@ def gemm_dtype() -> torch.dtype:
     """The dtype of the dequantize + GEMM path (prefill): bfloat16 where the CPU multiplies it
     natively (AVX-512 BF16 or AMX), float32 elsewhere: on an AVX2 CPU a bf16 GEMM is emulated
     and measured 5x slower than float32 (256 x 896 by 896 x 4864: 140 ms vs 28 ms, 2 threads)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 2)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return torch.float32
-    return COMPUTE if {"avx512_bf16", "amx_bf16"} & set(flags) else torch.float32
+    return COMPUTE if {"avx512_bf16", "amx_bf16"} & kernels.cpu_flags() else torch.float32
 
 
 def _f16(two_bytes: np.ndarray) -> np.ndarray:
@@ -337,14 +332,10 @@ def q8_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _q8_with_scale(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q = round(w / scale) per group (0 where the scale is 0; a scale may be negative, as
-    llama.cpp writes Q5_0 / Q4_0 blocks), clamped to +-127 (the kernel's sign trick needs
-    |q| <= 127)."""
+    """(q, scale) with q = round(w / scale) per group of 32 (`kernels.round_to_int8`; llama.cpp
+    writes Q5_0 / Q4_0 scales signed)."""
     n, k = weight.shape
-    d = scale.float()[..., None]
-    w = weight.float().reshape(n, k // GROUP, GROUP)
-    q = torch.where(d != 0, w / torch.where(d != 0, d, 1.0), 0.0).round().clamp(-127, 127)
-    return q.reshape(n, k).to(torch.int8), scale
+    return kernels.round_to_int8(weight.reshape(n, k // GROUP, GROUP), scale).reshape(n, k).to(torch.int8), scale
 
 
 def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
