@@ -36,6 +36,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ typedef void (*block_fn)(const int8_t*, const float*, const int8_t*, const float
                          float*, int64_t, int64_t, int64_t, int64_t);
 static const block_fn BLOCKS[4] = {rows_block<1>, rows_block<2>, rows_block<3>, rows_block<4>};
 
-// x (..., K) float32 -> (..., N): one call does the reshape, the multiply and the bias.
-torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias) {
+// x (..., K) float32 -> (..., N): one call does the reshape, the multiply and the bias; with
+// `swiglu` the weight rows are [gate; up] and the result is silu(gate) * up, (..., N / 2).
+torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias,
+                        bool swiglu) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && q.dtype() == torch::kInt8 && scale.dtype() == torch::kFloat16,
               "q8_linear: x float32, q int8, scale float16");
   TORCH_CHECK(x.dim() >= 1 && q.dim() == 2 && x.size(-1) == q.size(1) && q.size(1) % 32 == 0 &&
@@ -145,12 +148,13 @@ torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c
       }
     }
   });
+  if (swiglu) return at::silu(y.narrow(-1, 0, N / 2)).mul_(y.narrow(-1, N / 2, N / 2));
   return y;
 }
 """
 
 _CPP_DECL = ("torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, "
-             "c10::optional<torch::Tensor> bias);")
+             "c10::optional<torch::Tensor> bias, bool swiglu);")
 
 
 @functools.lru_cache(maxsize=1)
@@ -213,11 +217,19 @@ def q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch
     return quantize_activations(x) @ dequantize(q, scale).t()
 
 
+def swiglu(y: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of y = [gate, up] along the last dimension."""
+    gate, up = y.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def q8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
-              bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., K) float32 -> (..., N): the kernel where built, else `q8_reference` (+ bias)."""
+              bias: torch.Tensor | None = None, *, gated: bool = False) -> torch.Tensor:
+    """x (..., K) float32 -> (..., N): the kernel where built, else `q8_reference` (+ bias).
+    gated: q's rows are [gate; up] and the result is `swiglu` of the product, (..., N / 2)."""
     module = _module()
     if module is None:
         y = q8_reference(x, q, scale)
-        return y if bias is None else y + bias
-    return module.q8_linear(x, q, scale, bias)
+        y = y if bias is None else y + bias
+        return swiglu(y) if gated else y
+    return module.q8_linear(x, q, scale, bias, gated)

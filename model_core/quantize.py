@@ -304,21 +304,32 @@ class Q8Linear(QuantizedLinear):
 
     kernel_rows = 64
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 gated: bool = False):
         super().__init__(q.shape[1], q.shape[0], bias)
         self.register_buffer("q", q.to(torch.int8).contiguous())
         self.register_buffer("scale", scale.to(torch.float16).contiguous())
+        self.gated = gated  # rows are [gate; up]: forward gives silu(gate) * up, (..., N / 2)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Q8Linear:
         return cls(*q8_groups(weight), bias)
 
+    @classmethod
+    def concat(cls, parts: list[Q8Linear], gated: bool = False) -> Q8Linear:
+        """One module for several with the same input: their rows stacked (bias zero where a part
+        has none), so one call computes them all."""
+        biases = [p.bias if p.bias is not None else torch.zeros(p.out_features) for p in parts]
+        bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
+        return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), bias, gated)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() <= self.kernel_rows * self.in_features:
             if x.dtype == torch.float32:  # decode: one call, no reshapes or casts around it
-                return kernels.q8_matmul(x, self.q, self.scale, self.bias)
-            return kernels.q8_matmul(x.float(), self.q, self.scale, self.bias).to(x.dtype)
-        return F.linear(x.float(), self.dequantize(), self.bias).to(x.dtype)
+                return kernels.q8_matmul(x, self.q, self.scale, self.bias, gated=self.gated)
+            return kernels.q8_matmul(x.float(), self.q, self.scale, self.bias, gated=self.gated).to(x.dtype)
+        y = F.linear(x.float(), self.dequantize(), self.bias)
+        return (kernels.swiglu(y) if self.gated else y).to(x.dtype)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return kernels.dequantize(self.q, self.scale).to(dtype)
@@ -465,6 +476,23 @@ def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTens
     leftover = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if leftover:
         raise CheckpointError(f"quantize: {len(leftover)} weights left unquantized, e.g. {leftover[:3]}")
+    return fuse_projections(model)
+
+
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """Where q, k, v (and an MLP's gate and up) are all `Q8Linear`, one module does the work of
+    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way). The fused
+    MLP module returns silu(gate) * up itself (the kernel applies it to its output)."""
+    for module in model.modules():
+        names = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+        for fused, parts in names.items():
+            if not hasattr(module, fused) or getattr(module, fused) is not None:
+                continue
+            linears = [getattr(module, name, None) for name in parts]
+            if all(type(m) is Q8Linear and not m.gated for m in linears):
+                setattr(module, fused, Q8Linear.concat(linears, gated=fused == "gate_up_proj"))
+                for name in parts:
+                    delattr(module, name)
     return model
 
 

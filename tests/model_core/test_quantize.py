@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_core import kernels, load_engine
+from model_core import kernels, load_engine, quantize
 from model_core.errors import CheckpointError
 from model_core.model import forward_full
 from model_core.quantize import (
@@ -155,6 +155,35 @@ def test_q8_linear_multiplies_as_its_weight(rows):
     torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("rows", [1, Q8Linear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
+def test_fused_projections_compute_what_the_separate_ones_do(rows):
+    """q, k, v as one module (rows stacked), gate and up as one that returns silu(gate) * up."""
+    q, k, v = (Q8Linear.from_float(torch.randn(n, 128), torch.randn(n)) for n in (64, 32, 32))
+    gate, up = (Q8Linear.from_float(torch.randn(96, 128)) for _ in range(2))
+    x = torch.randn(1, rows, 128)
+    qkv = Q8Linear.concat([q, k, v])
+    torch.testing.assert_close(qkv(x), torch.cat([q(x), k(x), v(x)], dim=-1), rtol=1e-5, atol=1e-5)
+    gate_up = Q8Linear.concat([gate, up], gated=True)
+    torch.testing.assert_close(gate_up(x), F.silu(gate(x)) * up(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_q8_model_runs_fused_and_answers_as_unfused(dense_checkpoint, monkeypatch):
+    path, _ = dense_checkpoint
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
+    fused = load_engine(path, quantize="int8").model
+    layer = fused.model.layers[0]
+    if not kernels.available():  # the fallback modules are not Q8Linear: nothing to fuse
+        assert layer.self_attn.qkv_proj is None
+        return
+    assert isinstance(layer.self_attn.qkv_proj, Q8Linear) and isinstance(layer.mlp.gate_up_proj, Q8Linear)
+    assert not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "up_proj")
+    monkeypatch.setattr(quantize, "fuse_projections", lambda model: model)
+    separate = load_engine(path, quantize="int8").model
+    assert separate.model.layers[0].self_attn.qkv_proj is None
+    with torch.no_grad():
+        torch.testing.assert_close(forward_full(fused, ids), forward_full(separate, ids), rtol=1e-4, atol=1e-4)
+
+
 def test_embedding_rows_are_the_blocks_rows():
     blocks = random_blocks("Q5_0", 300, 256, seed=3)
     embedding = QuantizedEmbedding(300, 256, blocks=blocks)
@@ -171,8 +200,8 @@ def test_a_quantized_tiny_model_stays_close_to_float(dense_checkpoint, mode, top
         reference_logp = forward_full(load_engine(path).model, ids).log_softmax(-1)
         quantized = load_engine(path, quantize=mode).model
         logp = forward_full(quantized, ids).log_softmax(-1)
-    assert all(isinstance(m, QuantizedLinear) for m in
-               (quantized.lm_head, quantized.model.layers[0].mlp.up_proj, quantized.model.layers[2].self_attn.q_proj))
+    assert isinstance(quantized.lm_head, QuantizedLinear)
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
     divergence = (reference_logp.exp() * (reference_logp - logp)).sum(-1).mean().item()
     agreement = (reference_logp.argmax(-1) == logp.argmax(-1)).float().mean().item()
     assert divergence < kl, f"{mode}: mean KL {divergence:.2e} against float32"
