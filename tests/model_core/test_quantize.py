@@ -21,6 +21,7 @@ from model_core.quantize import (
     Q8Linear,
     QuantizedEmbedding,
     QuantizedLinear,
+    gemm_dtype,
 )
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the q8 kernel is not built on this machine")
@@ -144,15 +145,20 @@ def test_activation_rounding_is_within_half_a_step_per_group():
 
 @pytest.mark.parametrize("rows", [1, 3, Q8Linear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
 def test_q8_linear_multiplies_as_its_weight(rows):
-    """Up to kernel_rows rows the kernel (int8 activations per group); above, float32 GEMM."""
+    """Up to kernel_rows rows the kernel (int8 activations per group); above, a GEMM in
+    `gemm_dtype()` (bfloat16 where the CPU has it, float32 elsewhere)."""
     blocks = random_blocks("Q5_0", 64, 256, seed=6)
     bias = torch.randn(64)
     module = Q8Linear(*blocks.q8_groups(), bias)
     x = torch.randn(1, rows, 256)  # (batch, tokens, features), as the model calls it
     weight = reference(blocks)
-    kernel_path = rows <= Q8Linear.kernel_rows
-    expected = F.linear(kernels.quantize_activations(x) if kernel_path else x, weight, bias)
-    torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    if rows <= Q8Linear.kernel_rows:
+        expected, tolerance = F.linear(kernels.quantize_activations(x), weight, bias), 1e-4
+    else:
+        dtype = gemm_dtype()
+        expected = F.linear(x.to(dtype), weight.to(dtype)).float() + bias
+        tolerance = 1e-4 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(module(x), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("rows", [1, Q8Linear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
