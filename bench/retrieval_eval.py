@@ -16,7 +16,7 @@ weights) and prints no held-out number for them; a default is then set from that
 plain run reports it on the held-out half.
 
     python -m bench.retrieval_eval [--embedder all-mpnet-base-v2] [--chunk-tokens 200]
-        [--overlap-tokens 32] [--no-headings] [--fusion relative --weights 0.75 0.25]
+        [--overlap-tokens 64] [--no-headings] [--no-sections] [--fusion relative --weights 0.5 0.5]
         [--corpus pydoc ...] [--sweep] [--json]
 """
 
@@ -126,7 +126,7 @@ def build_store(folder: Path, texts: dict[str, str], embedder, args) -> tuple:
     from retrieval import DocumentStore
 
     store = DocumentStore(folder, embedder, chunk_tokens=args.chunk_tokens,
-                          overlap_tokens=args.overlap_tokens, headings=args.headings,
+                          overlap_tokens=args.overlap_tokens, headings=args.headings, sections=args.sections,
                           hybrid_fusion=args.fusion, hybrid_weights=tuple(args.weights) if args.weights else None,
                           progress=False)  # fmt: skip
     t0 = time.perf_counter()
@@ -266,7 +266,8 @@ def print_report(summary: dict) -> None:
     if summary["embed_chunks_per_s"]:
         print(f"product embedder: {summary['embed_chunks_per_s']:.1f} chunks/s embedded (fresh)")
     print(f"embedder: {summary['embedder']}; chunk_tokens {summary['chunk_tokens']}, overlap "
-          f"{summary['overlap_tokens']}, headings {summary['headings']}, fusion {summary['fusion']} "
+          f"{summary['overlap_tokens']}, headings {summary['headings']}, sections {summary['sections']}, "
+          f"fusion {summary['fusion']} "
           f"{summary['weights'] or 'default weights'}; k={K}")  # fmt: skip
     for corpus, r in summary["corpora"].items():
         print(f"\n## {corpus}: {r['documents']} documents, {r['characters']:,} characters, "
@@ -328,6 +329,8 @@ def main() -> int:
     parser.add_argument("--chunk-tokens", type=int, default=None)
     parser.add_argument("--overlap-tokens", type=int, default=None)
     parser.add_argument("--no-headings", dest="headings", action="store_false")
+    parser.add_argument("--no-sections", dest="sections", action="store_false",
+                        help="cut chunks anywhere, not first where the layout's sections begin")
     parser.add_argument("--fusion", default=None, choices=["rrf", "relative"])
     parser.add_argument("--weights", type=float, nargs=2, default=None)
     parser.add_argument("--corpus", nargs="*", default=list(CORPORA))
@@ -364,7 +367,7 @@ def main() -> int:
                  "product": cached_embedder_class()(product, args.cache)}  # fmt: skip
     summary = {"embedder": embedders["product"].name, "chunk_tokens": args.chunk_tokens,
                "overlap_tokens": args.overlap_tokens, "headings": args.headings,
-               "fusion": args.fusion, "weights": args.weights, "corpora": {}}  # fmt: skip
+               "sections": args.sections, "fusion": args.fusion, "weights": args.weights, "corpora": {}}  # fmt: skip
     summary["embed_chunks_per_s"] = None
     with tempfile.TemporaryDirectory() as tmp:
         for corpus in args.corpus:

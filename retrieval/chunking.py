@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n(?=\s*(?:[-*+•]|\d+[.)]|#)\s)")
 WORD_GAP = re.compile(r"\s+")
+GUTTER = " \t\r\n|"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class _Unit:
     end: int
     n_tokens: int
     ends_paragraph: bool
+    opens_section: bool = False  # the first unit of a section (an entry, an option, a heading)
 
 
 def chunk_text(
@@ -49,13 +51,17 @@ def chunk_text(
     max_tokens: int = 200,
     overlap_tokens: int = 32,
     page_starts: list[int] | None = None,
+    section_starts: Sequence[int] = (),
 ) -> list[Chunk]:
-    """Cut `text` into chunks of at most ~`max_tokens` tokens; see the module docstring."""
+    """Cut `text` into chunks of at most ~`max_tokens` tokens; see the module docstring.
+
+    `section_starts`: character offsets where a section of the layout begins (headings.py's
+    `section_starts`); a chunk is cut there in preference to any other place, without overlap."""
     if max_tokens < 8:
         raise ValueError(f"max_tokens must be at least 8, got {max_tokens}")
     if not 0 <= overlap_tokens < max_tokens // 2 + 1:
         raise ValueError(f"overlap_tokens must be in [0, max_tokens/2], got {overlap_tokens}")
-    units = _units(text, count_tokens, max_tokens)
+    units = _units(text, count_tokens, max_tokens, sorted(set(section_starts)))
     groups = _pack(units, max_tokens, overlap_tokens)
     chunks = []
     for ordinal, group in enumerate(groups):
@@ -84,20 +90,39 @@ def _spans(text: str, separator: re.Pattern, start: int, end: int) -> list[tuple
     return trimmed
 
 
-def _units(text: str, count_tokens: Callable[[str], int], max_tokens: int) -> list[_Unit]:
+def _units(
+    text: str, count_tokens: Callable[[str], int], max_tokens: int, section_starts: list[int]
+) -> list[_Unit]:
     units: list[_Unit] = []
     for p_start, p_end in _spans(text, PARAGRAPH_BREAK, 0, len(text)):
-        sentences = _spans(text, SENTENCE_END, p_start, p_end)
-        for i, (s_start, s_end) in enumerate(sentences):
-            last = i == len(sentences) - 1
-            n = count_tokens(text[s_start:s_end])
-            if n <= max_tokens:
-                units.append(_Unit(s_start, s_end, n, last))
-            else:
+        for b_start, b_end, opens in _sections(text, p_start, p_end, section_starts):
+            sentences = _spans(text, SENTENCE_END, b_start, b_end)
+            for i, (s_start, s_end) in enumerate(sentences):
+                last = i == len(sentences) - 1 and b_end == p_end
+                first = opens and i == 0
+                n = count_tokens(text[s_start:s_end])
+                if n <= max_tokens:
+                    units.append(_Unit(s_start, s_end, n, last, first))
+                    continue
                 pieces = _split_long(text, s_start, s_end, count_tokens, max_tokens)
                 for j, (a, b, m) in enumerate(pieces):
-                    units.append(_Unit(a, b, m, last and j == len(pieces) - 1))
+                    units.append(_Unit(a, b, m, last and j == len(pieces) - 1, first and j == 0))
     return units
+
+
+def _sections(
+    text: str, start: int, end: int, section_starts: list[int]
+) -> list[tuple[int, int, bool]]:
+    """text[start:end] split where sections begin: (start, end, opens a section) per piece."""
+    cuts = section_starts[bisect.bisect_left(section_starts, start) : bisect.bisect_left(section_starts, end)]
+    bounds = [start, *(c for c in cuts if c > start), end]
+    pieces = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        while b > a and text[b - 1] in GUTTER:  # pydoc's `|` gutter ends a piece too
+            b -= 1
+        if b > a:
+            pieces.append((a, b, a in cuts))
+    return pieces
 
 
 def _split_long(
@@ -146,10 +171,11 @@ def _pack(units: list[_Unit], max_tokens: int, overlap_tokens: int) -> list[list
             total += unit.n_tokens
             i += 1
             continue
-        cut = _cut_point(current, max_tokens)
+        cut = _cut_point(current, max_tokens, unit)
         emitted, carried = current[:cut], current[cut:]
         groups.append(emitted)
-        overlap = _overlap(emitted, overlap_tokens) if not carried else []
+        at_section = (carried[0] if carried else unit).opens_section
+        overlap = _overlap(emitted, overlap_tokens) if not carried and not at_section else []
         carried_tokens = sum(u.n_tokens for u in carried)
         while (
             overlap
@@ -163,15 +189,23 @@ def _pack(units: list[_Unit], max_tokens: int, overlap_tokens: int) -> list[list
     return groups
 
 
-def _cut_point(current: list[_Unit], max_tokens: int) -> int:
-    """Units to emit: up to the last paragraph end if that keeps half the chunk, else all."""
+def _cut_point(current: list[_Unit], max_tokens: int, following: _Unit) -> int:
+    """Units to emit: all when the next unit opens a section; else up to the last section start
+    that keeps half the chunk; else up to the last paragraph end that does; else all."""
+    if following.opens_section:  # carry section lines that have no body yet (`FUNCTIONS`)
+        cut, carried = len(current), following.n_tokens
+        while cut > 1 and current[cut - 1].opens_section and carried + current[cut - 1].n_tokens <= max_tokens:
+            cut -= 1
+            carried += current[cut].n_tokens
+        return cut
     seen = 0
-    best = len(current)
+    paragraph = section = None
     for k, unit in enumerate(current[:-1]):
         seen += unit.n_tokens
-        if unit.ends_paragraph and seen >= max_tokens // 2:
-            best = k + 1
-    return best
+        if seen >= max_tokens // 2:
+            section = k + 1 if current[k + 1].opens_section else section
+            paragraph = k + 1 if unit.ends_paragraph else paragraph
+    return section or paragraph or len(current)
 
 
 def _overlap(emitted: list[_Unit], overlap_tokens: int) -> list[_Unit]:

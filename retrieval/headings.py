@@ -109,6 +109,14 @@ def section_path(doc: Outline, start: int) -> list[str]:
     return path + [h for h in reversed(chain) if h and h != doc.title]
 
 
+def section_starts(doc: Outline) -> list[int]:
+    """Where the layout's sections begin: every line that encloses another (an entry's signature,
+    an option, a section name) and every standalone heading line, as character offsets. The
+    chunker cuts there first, so a chunk holds whole entries and its section path is its own."""
+    lines = {p for p in doc.parents if p >= 0} | set(doc.standalone)
+    return sorted(doc.line_starts[i] + len(doc.lines[i]) - len(doc.lines[i].lstrip(_GUTTER)) for i in lines)
+
+
 def with_context(context: str, text: str) -> str:
     """What is embedded and indexed for a chunk: its section path, a newline, its text."""
     return f"{context}\n{text}" if context else text

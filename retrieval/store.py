@@ -48,7 +48,7 @@ from retrieval.errors import (
     UnknownDocumentError,
 )
 from retrieval.fusion import DEFAULT_WEIGHTS, FUSIONS
-from retrieval.headings import outline, section_path, with_context
+from retrieval.headings import outline, section_path, section_starts, with_context
 from retrieval.lexical import LexicalIndex
 from retrieval.loaders import DEFAULT_MAX_BYTES, load_bytes, read_file_bytes
 from retrieval.records import (
@@ -80,13 +80,14 @@ class DocumentStore:
         embedder: str | Path | Embedder | None = None,
         *,
         index_kind: str | None = None,
-        chunk_tokens: int = 200,
-        overlap_tokens: int = 32,
+        chunk_tokens: int = 320,
+        overlap_tokens: int = 64,
         max_file_bytes: int = DEFAULT_MAX_BYTES,
         progress: bool | None = None,
         hybrid_fusion: str = "relative",
         hybrid_weights: tuple[float, float] | None = None,
         headings: bool = True,
+        sections: bool = True,
     ):
         from filelock import FileLock
 
@@ -98,6 +99,7 @@ class DocumentStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.chunk_tokens, self.overlap_tokens = chunk_tokens, overlap_tokens
         self.headings = headings  # chunks embedded and indexed with their section path
+        self.sections = sections  # chunks cut where the layout's sections begin
         self.max_file_bytes = max_file_bytes
         self.progress = progress
         if hybrid_fusion not in FUSIONS:
@@ -154,7 +156,8 @@ class DocumentStore:
 
     def _chunking_signature(self) -> str:
         headings = "|headings" if self.headings else ""
-        return f"{self.embedder_name}|{self.chunk_tokens}|{self.overlap_tokens}{headings}|v1"
+        sections = "|sections" if self.sections else ""
+        return f"{self.embedder_name}|{self.chunk_tokens}|{self.overlap_tokens}{headings}{sections}|v1"
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -306,11 +309,13 @@ class DocumentStore:
         embedder = self.embedder
         reserve = CONTEXT_TOKENS if self.headings else 0  # room for the section path
         max_tokens = min(self.chunk_tokens, embedder.max_tokens - reserve)
+        doc = outline(extracted.text, extracted.title or _display_name(source))
+        starts = section_starts(doc) if self.sections else ()
         chunks = chunk_text(extracted.text, embedder.count_tokens, max_tokens,
-                            min(self.overlap_tokens, max_tokens // 2), extracted.page_starts)  # fmt: skip
+                            min(self.overlap_tokens, max_tokens // 2), extracted.page_starts,
+                            starts)  # fmt: skip
         contexts = [""] * len(chunks)
         if self.headings:
-            doc = outline(extracted.text, extracted.title or _display_name(source))
             contexts = [" > ".join(section_path(doc, c.start)) for c in chunks]
         texts = [with_context(x, c.text) for x, c in zip(contexts, chunks, strict=True)]
         vectors = embedder.embed(texts, progress=self.progress)

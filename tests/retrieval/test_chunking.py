@@ -80,3 +80,49 @@ def test_with_the_embedders_tokenizer_no_chunk_is_truncated(embedder):
     chunks = chunk_text(text, embedder.count_tokens, max_tokens=128, overlap_tokens=16)
     assert all(embedder.count_tokens(c.text) <= 128 + 2 for c in chunks)
     assert all(text[c.start : c.end] == c.text for c in chunks)
+
+
+# An API reference laid out like pydoc: entries (a signature, then its indented description),
+# separated by gutter lines that are not blank.
+REFERENCE = "CLASSES\n    class Heap(object)\n" + "".join(
+    f"     |  push{n}(self, item)\n"
+    f"     |      Push item number {n} onto the heap. It keeps the invariant of the heap.\n"
+    f"     |      The item {n} must be comparable with every other item already there.\n"
+    "     |  \n"
+    for n in range(12)
+)
+
+
+def _entry_starts(text: str) -> list[int]:
+    from retrieval.headings import outline, section_starts
+
+    return section_starts(outline(text, "heap"))
+
+
+def test_chunks_are_cut_where_an_entry_begins():
+    starts = _entry_starts(REFERENCE)
+    chunks = chunk_text(REFERENCE, words, max_tokens=60, overlap_tokens=8, section_starts=starts)
+    assert len(chunks) >= 4
+    for chunk in chunks[1:]:
+        assert chunk.start in starts, f"chunk {chunk.ordinal} starts mid-entry: {chunk.text[:40]!r}"
+        assert chunk.text.startswith("push"), chunk.text[:40]
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert b.start >= a.end, "a chunk cut at an entry repeats the previous entry's end"
+        assert REFERENCE[a.end : b.start].strip(" \n|") == "", "text between chunks was lost"
+    assert all(not c.text.endswith(("|", " ", "\n")) for c in chunks), "a chunk ends in the gutter"
+
+
+def test_without_section_starts_the_same_text_is_cut_mid_entry():
+    chunks = chunk_text(REFERENCE, words, max_tokens=60, overlap_tokens=8)
+    mid_entry = [c for c in chunks[1:] if not c.text.startswith("push")]
+    assert mid_entry, "the comparison is void: plain chunking already aligned with the entries"
+
+
+def test_a_heading_line_with_no_body_yet_goes_with_the_next_chunk():
+    text = "First part. " * 10 + "\n\nFUNCTIONS\n    helper(x)\n        Help with x. " + "More. " * 5
+    starts = _entry_starts(text)
+    chunks = chunk_text(text, words, max_tokens=24, overlap_tokens=0, section_starts=starts)
+    assert len(chunks) == 2, [c.text for c in chunks]
+    opening = [c for c in chunks if "helper(x)" in c.text][0]
+    assert opening.text.startswith("FUNCTIONS"), opening.text[:40]
+    assert all(not c.text.endswith("FUNCTIONS") for c in chunks)
