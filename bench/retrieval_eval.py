@@ -17,7 +17,7 @@ plain run reports it on the held-out half.
 
     python -m bench.retrieval_eval [--embedder all-mpnet-base-v2] [--chunk-tokens 200]
         [--overlap-tokens 64] [--no-headings] [--no-sections] [--fusion relative --weights 0.5 0.5]
-        [--corpus pydoc ...] [--sweep] [--json]
+        [--corpus pydoc ...] [--sweep] [--against chunk_tokens=200,overlap_tokens=32,sections=False] [--json]
 """
 
 from __future__ import annotations
@@ -197,7 +197,31 @@ def evaluate_corpus(corpus: str, args, embedders: dict, tmp: Path) -> dict:
     }  # fmt: skip
     result["tune_sweep"] = tune_sweep(store, lists, questions, spans)
     store.close()
+    ours = hit_ranks(hybrid, questions, spans)
+    result["paired"] = {"anchor": paired(questions, ours, anchor_ranks)}
+    if args.against:
+        other = argparse.Namespace(**{**vars(args), **args.against})
+        store, _, _, _ = build_store(tmp / f"{corpus}-against", texts, embedders["product"], other)
+        theirs = hit_ranks([store.search(q.question, k=K, mode="hybrid") for q in questions], questions, spans)
+        store.close()
+        result["paired"]["against"] = paired(questions, ours, theirs)
     print(f"{corpus}: done", file=sys.stderr, flush=True)
+    return result
+
+
+def paired(questions, ours, theirs) -> dict:
+    """Per split, the mean per-question difference ours - theirs in hit@5 and reciprocal rank,
+    with its standard error (how far a difference of this many questions can move by chance)."""
+    import math
+
+    result = {}
+    for split in ("tune", "heldout"):
+        pairs = [(a, b) for q, a, b in zip(questions, ours, theirs, strict=True) if q.split == split]
+        for name, value in (("recall@5", lambda r: float(r is not None)), ("mrr@5", lambda r: 1 / r if r else 0.0)):
+            d = [value(a) - value(b) for a, b in pairs]
+            mean = sum(d) / max(1, len(d))
+            var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+            result[f"{split} {name}"] = (mean, math.sqrt(var / max(1, len(d))))
     return result
 
 
@@ -299,6 +323,10 @@ def print_report(summary: dict) -> None:
         print(f"| anchor | {a['n']} | {a['recall@5']:.3f} | {a['mrr@5']:.3f} |")
         for row in r["tune_sweep"]:
             print(f"| {row['setting']} | {row['n']} | {row['recall@5']:.3f} | {row['mrr@5']:.3f} |")
+        for against, diffs in r["paired"].items():
+            label = "anchor" if against == "anchor" else f"--against {summary['against']}"
+            print(f"hybrid minus {label}, per question, mean ± standard error (points): "
+                  + "; ".join(f"{k} {100 * m:+.1f} ± {100 * se:.1f}" for k, (m, se) in diffs.items()))  # fmt: skip
         h, a = r["product"]["hybrid"]["heldout"], r["anchor"]["heldout"]
         print(f"held-out hybrid minus anchor: recall@5 {100 * (h['recall@5'] - a['recall@5']):+.1f} "
               f"points, MRR@5 {100 * (h['mrr@5'] - a['mrr@5']):+.1f} points; "
@@ -323,6 +351,16 @@ def embed_speed(n: int) -> int:
     return 0
 
 
+def parse_settings(text: str | None) -> dict:
+    """`chunk_tokens=200,sections=False` -> {"chunk_tokens": 200, "sections": False}."""
+    settings = {}
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = item.partition("=")
+        known = {"True": True, "False": False}
+        settings[key.strip()] = known[value] if value in known else int(value)
+    return settings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--embedder", default=None, help="default: the store's (all-MiniLM-L6-v2)")
@@ -337,6 +375,9 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="tuning half only, settings grid")
     parser.add_argument("--sweep-chunks", default="128/24,200/32,256/48",
                         help="chunk/overlap token pairs for --sweep")
+    parser.add_argument("--against", default=None, metavar="SETTINGS",
+                        help="a second store to compare with, per question: e.g. "
+                             "chunk_tokens=200,overlap_tokens=32,sections=False")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--spans", default="all", choices=["all", "first"],
                         help="where a passage counts: every place it occurs, or only the first (the old rule)")
@@ -350,6 +391,7 @@ def main() -> int:
     if args.embed_speed:
         return embed_speed(args.embed_speed)
     args.sweep_chunks = [tuple(map(int, p.split("/"))) for p in args.sweep_chunks.split(",")]
+    against_text, args.against = args.against, parse_settings(args.against)
 
     import inspect
 
@@ -367,7 +409,7 @@ def main() -> int:
                  "product": cached_embedder_class()(product, args.cache)}  # fmt: skip
     summary = {"embedder": embedders["product"].name, "chunk_tokens": args.chunk_tokens,
                "overlap_tokens": args.overlap_tokens, "headings": args.headings,
-               "sections": args.sections, "fusion": args.fusion, "weights": args.weights, "corpora": {}}  # fmt: skip
+               "sections": args.sections, "against": against_text, "fusion": args.fusion, "weights": args.weights, "corpora": {}}  # fmt: skip
     summary["embed_chunks_per_s"] = None
     with tempfile.TemporaryDirectory() as tmp:
         for corpus in args.corpus:
