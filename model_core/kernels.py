@@ -151,10 +151,50 @@ torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c
   if (swiglu) return at::silu(y.narrow(-1, 0, N / 2)).mul_(y.narrow(-1, N / 2, N / 2));
   return y;
 }
+
+// float32 -> bfloat16 bits, round to nearest even (weights are finite), 16 values in order.
+static inline __m256i to_bf16(__m256 a, __m256 b) {
+  const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+  __m256i ia = _mm256_castps_si256(a), ib = _mm256_castps_si256(b);
+  ia = _mm256_srli_epi32(_mm256_add_epi32(ia, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(ia, 16), one))), 16);
+  ib = _mm256_srli_epi32(_mm256_add_epi32(ib, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(ib, 16), one))), 16);
+  return _mm256_permute4x64_epi64(_mm256_packus_epi32(ia, ib), 0xD8);  // packus interleaves lanes
+}
+
+// The weight w = q * scale (N, K) as float32 or bfloat16, in one pass (the prefill GEMM's input).
+torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16) {
+  TORCH_CHECK(q.dtype() == torch::kInt8 && scale.dtype() == torch::kFloat16 && q.dim() == 2 &&
+              q.size(1) % 32 == 0 && scale.size(0) == q.size(0) && scale.size(1) == q.size(1) / 32,
+              "q8_dequantize: q int8 (N, K), scale float16 (N, K/32)");
+  q = q.contiguous(); scale = scale.contiguous();
+  const int64_t N = q.size(0), K = q.size(1), G = K / 32;
+  auto out = torch::empty({N, K}, q.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
+  uint8_t* op = static_cast<uint8_t*>(out.data_ptr());
+  at::parallel_for(0, N * G, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(sp[i]));
+      __m256 v[4];
+      for (int j = 0; j < 4; ++j)
+        v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qp + i * 32 + 8 * j)))), d);
+      if (bf16) {
+        __m256i* o = reinterpret_cast<__m256i*>(op + i * 64);
+        _mm256_storeu_si256(o, to_bf16(v[0], v[1]));
+        _mm256_storeu_si256(o + 1, to_bf16(v[2], v[3]));
+      } else {
+        float* o = reinterpret_cast<float*>(op) + i * 32;
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(o + 8 * j, v[j]);
+      }
+    }
+  });
+  return out;
+}
 """
 
 _CPP_DECL = ("torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, "
-             "c10::optional<torch::Tensor> bias, bool swiglu);")
+             "c10::optional<torch::Tensor> bias, bool swiglu);\n"
+             "torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16);")
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,7 +218,7 @@ def _module():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear"],
+        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear", "q8_dequantize"],
                            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler / ninja, or a build failure: the reference path runs
@@ -207,9 +247,13 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (round_to_int8(groups, d) * d[..., None]).reshape(x.shape)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """w = q * scale per group of 32, (N, K) in `dtype` (computed in float32, rounded once)."""
+    module = _module()
+    if module is not None and dtype in (torch.float32, torch.bfloat16):
+        return module.q8_dequantize(q, scale, dtype == torch.bfloat16)
     n, k = q.shape
-    return (q.float().reshape(n, k // GROUP, GROUP) * scale.float()[..., None]).reshape(n, k)
+    return (q.float().reshape(n, k // GROUP, GROUP) * scale.float()[..., None]).reshape(n, k).to(dtype)
 
 
 def q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -334,7 +334,7 @@ class Q8Linear(QuantizedLinear):
         return (kernels.swiglu(y) if self.gated else y).to(x.dtype)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return kernels.dequantize(self.q, self.scale).to(dtype)
+        return kernels.dequantize(self.q, self.scale, dtype)
 
 
 def q8_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -190,6 +190,14 @@ def test_a_q8_model_runs_fused_and_answers_as_unfused(dense_checkpoint, monkeypa
         torch.testing.assert_close(forward_full(fused, ids), forward_full(separate, ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantized_q8_weights_are_q_times_scale_rounded_once(dtype):
+    q = torch.randint(-127, 128, (48, 96), dtype=torch.int8, generator=torch.Generator().manual_seed(2))
+    scale = (torch.randn(48, 3, generator=torch.Generator().manual_seed(3)) / 50).half()
+    exact = (q.float().reshape(48, 3, 32) * scale.float()[..., None]).reshape(48, 96)
+    assert torch.equal(kernels.dequantize(q, scale, dtype), exact.to(dtype))
+
+
 def test_embedding_rows_are_the_blocks_rows():
     blocks = random_blocks("Q5_0", 300, 256, seed=3)
     embedding = QuantizedEmbedding(300, 256, blocks=blocks)
