@@ -9,7 +9,7 @@ position the next-token distribution of the quantized model is compared with flo
 top-1 agreement (same argmax) and mean KL(float32 || quantized) in nats. Prints a Markdown table
 and, with --json, one JSON object.
 
-A full-sequence forward has many rows, so `Q8Linear` would take its prefill path (dequantize +
+A full-sequence forward has many rows, so `GroupLinear` would take its prefill path (dequantize +
 float32 GEMM). `--path decode` (the default) sends every row through the q8 kernel instead, with
 its int8 activations: what each decoded token sees. `--path prefill` measures the GEMM path.
 """
@@ -26,7 +26,7 @@ import torch
 
 from model_core import load_engine
 from model_core.model import forward_full
-from model_core.quantize import Q8Linear
+from model_core.quantize import GroupLinear
 
 LICENSES = Path("/usr/share/common-licenses")
 ORDER = ["Apache-2.0", "GPL-3", "LGPL-3", "MPL-2.0", "Artistic", "BSD", "GFDL-1.3", "CC0-1.0"]
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.path == "decode":
-        Q8Linear.kernel_rows = 1 << 30
+        GroupLinear.kernel_rows = 1 << 30
 
     engine = load_engine(args.model, quantize="none")
     ids = torch.tensor([engine.tokenizer.encode(license_text())[: args.tokens]])

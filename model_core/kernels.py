@@ -46,6 +46,7 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <type_traits>
 
 static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -76,80 +77,186 @@ static void quantize_row(const float* x, int8_t* q, float* d, int64_t K) {
   }
 }
 
-// y[r, n] for R activation rows and weight rows n0..n1: per group of 32 an integer dot product
-// (|x| * sign(x) w with vpmaddubsw, pairs summed by vpmaddwd), scaled by d_x * d_w in float.
-template <int R>
-static void rows_block(const int8_t* xq, const float* xd, const int8_t* q, const float* wd,
+// Weight formats, one group of 32 at a time. `dot` is the group's integer dot product with 32
+// int8 activations as 8 int32 lanes; `offset` the value the format subtracts from each stored
+// integer (the kernel subtracts offset * sum(x) per group, in float).
+struct Q8Weights {  // int8 q (N, K): w = scale * q (Q8_0, and Q5_0 / Q4_0 / K-quants through int8)
+  const int8_t* q; int64_t K;
+  static constexpr float offset = 0.0f;
+  inline __m256i dot(int64_t n, int64_t g, __m256i x) const {
+    // |x| * (sign(x) w) with vpmaddubsw (|x|, |w| <= 127: the int16 pair sums cannot saturate)
+    const __m256i w = _mm256_loadu_si256((const __m256i*)(q + n * K + g * 32));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x)), _mm256_set1_epi16(1));
+  }
+};
+
+struct Q5Weights {  // GGUF Q5_0 as it is: w = scale * (q - 16), q = low nibble | high bit << 4
+  const uint8_t* qs; const uint32_t* qh; int64_t K;  // qs (N, K/2): element j low, j + 16 high nibble
+  static constexpr float offset = 16.0f;
+  inline __m256i dot(int64_t n, int64_t g, __m256i x) const {
+    const __m128i b = _mm_loadu_si128((const __m128i*)(qs + n * (K / 2) + g * 16));
+    const __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+    // bit j of qh -> byte j: byte j takes qh's byte j / 8, then tests bit j % 8
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh[n * (K / 32) + g]), _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+    const __m256i w = _mm256_or_si256(nibbles, high);  // 0..31, unsigned
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));  // 31 * 127 * 2 fits int16
+  }
+};
+
+// y[r, n] for R activation rows and weight rows n0..n1: per group an integer dot product scaled
+// by d_x * d_w in float; xs[r, g] = d_x * sum(x_q) for the format's offset.
+template <int R, class W>
+static void rows_block(const W& w, const int8_t* xq, const float* xd, const float* xs, const float* wd,
                        const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
   const int64_t G = K / 32;
-  const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* qn = q + n * K;
     const float* dn = wd + (n - n0) * G;
     __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    float shift[R];
+    for (int r = 0; r < R; ++r) { acc[r] = _mm256_setzero_ps(); shift[r] = 0.0f; }
     for (int64_t g = 0; g < G; ++g) {
-      const __m256i w = _mm256_loadu_si256((const __m256i*)(qn + g * 32));
       for (int r = 0; r < R; ++r) {
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + r * K + g * 32));
-        const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(w, xv)), ones);
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dn[g] * xd[r * G + g]), _mm256_cvtepi32_ps(dot), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dn[g] * xd[r * G + g]), _mm256_cvtepi32_ps(w.dot(n, g, xv)), acc[r]);
+        if (W::offset != 0.0f) shift[r] += dn[g] * xs[r * G + g];
       }
     }
     const float b = bias ? bias[n] : 0.0f;
-    for (int r = 0; r < R; ++r) y[r * N + n] = hsum(acc[r]) + b;
+    for (int r = 0; r < R; ++r) y[r * N + n] = hsum(acc[r]) - W::offset * shift[r] + b;
   }
 }
 
-typedef void (*block_fn)(const int8_t*, const float*, const int8_t*, const float*, const float*,
-                         float*, int64_t, int64_t, int64_t, int64_t);
-static const block_fn BLOCKS[4] = {rows_block<1>, rows_block<2>, rows_block<3>, rows_block<4>};
+// Q5 rows with AVX-512 (BW, VNNI), where the CPU has it: two groups per 512-bit register, the
+// high bits spread by a byte mask (one instruction) and u8 x s8 products summed by vpdpbusd.
+// The AVX2 unpack costs more than the bytes it saves; this one does not (docs/quantization.md).
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+template <int R>
+AVX512 static void q5_rows_512(const Q5Weights& w, const int8_t* xq, const float* xd, const float* xs,
+                               const float* wd, const float* bias, float* y, int64_t K, int64_t N,
+                               int64_t n0, int64_t n1) {
+  const int64_t G = K / 32;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m512i bit4 = _mm512_set1_epi8(0x10);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* dn = wd + (n - n0) * G;
+    const uint8_t* qs = w.qs + n * (K / 2);
+    const uint32_t* qh = w.qh + n * G;
+    __m512 acc[R];
+    float shift[R];
+    for (int r = 0; r < R; ++r) { acc[r] = _mm512_setzero_ps(); shift[r] = 0.0f; }
+    for (int64_t g = 0; g < G; g += 2) {  // G even (checked by the caller)
+      const __m256i b = _mm256_loadu_si256((const __m256i*)(qs + g * 16));
+      const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
+      __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // lo g, lo g+1, hi g, hi g+1
+      nib = _mm512_shuffle_i64x2(nib, nib, _MM_SHUFFLE(3, 1, 2, 0));       // lo g, hi g, lo g+1, hi g+1
+      const __mmask64 high = (uint64_t)qh[g] | ((uint64_t)qh[g + 1] << 32);
+      const __m512i wv = _mm512_or_si512(nib, _mm512_maskz_mov_epi8(high, bit4));
+      for (int r = 0; r < R; ++r) {
+        const __m512i xv = _mm512_loadu_si512((const void*)(xq + r * K + g * 32));
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
+        const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(dn[g] * xd[r * G + g]),
+                                                _mm256_set1_ps(dn[g + 1] * xd[r * G + g + 1]), 1);
+        acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+        shift[r] += dn[g] * xs[r * G + g] + dn[g + 1] * xs[r * G + g + 1];
+      }
+    }
+    const float bv = bias ? bias[n] : 0.0f;
+    for (int r = 0; r < R; ++r) y[r * N + n] = _mm512_reduce_add_ps(acc[r]) - Q5Weights::offset * shift[r] + bv;
+  }
+}
 
-// x (..., K) float32 -> (..., N): one call does the reshape, the multiply and the bias; with
-// `swiglu` the weight rows are [gate; up] and the result is silu(gate) * up, (..., N / 2).
-torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias,
-                        bool swiglu) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && q.dtype() == torch::kInt8 && scale.dtype() == torch::kFloat16,
-              "q8_linear: x float32, q int8, scale float16");
-  TORCH_CHECK(x.dim() >= 1 && q.dim() == 2 && x.size(-1) == q.size(1) && q.size(1) % 32 == 0 &&
-              scale.size(0) == q.size(0) && scale.size(1) == q.size(1) / 32, "q8_linear: shapes");
-  x = x.contiguous(); q = q.contiguous(); scale = scale.contiguous();
-  const int64_t K = x.size(-1), M = x.numel() / K, N = q.size(0), G = K / 32;
+static bool has_avx512_vnni() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return yes;
+}
+
+template <int R, class W>
+static void rows(const W& w, const int8_t* xq, const float* xd, const float* xs, const float* wd,
+                 const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  if constexpr (std::is_same<W, Q5Weights>::value) {
+    if ((K / 32) % 2 == 0 && has_avx512_vnni()) return q5_rows_512<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
+  }
+  rows_block<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
+}
+
+// x (..., K) float32 -> (..., N) for N weight rows with float16 scales (N, K/32): one call does
+// the reshape, the multiply and the bias; with `swiglu` the weight rows are [gate; up] and the
+// result is silu(gate) * up, (..., N / 2).
+template <class W>
+static torch::Tensor linear(const W& w, torch::Tensor x, int64_t N, torch::Tensor scale,
+                            c10::optional<torch::Tensor> bias, bool swiglu) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && scale.dtype() == torch::kFloat16, "x float32, scale float16");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == w.K && w.K % 32 == 0 && scale.size(0) == N && scale.size(1) == w.K / 32,
+              "linear: shapes");
+  x = x.contiguous(); scale = scale.contiguous();
+  const int64_t K = w.K, M = x.numel() / K, G = K / 32;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
   auto y = torch::empty(out_shape, x.options());
   torch::Tensor b;
   if (bias.has_value()) {
     b = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(b.numel() == N, "q8_linear: bias size");
+    TORCH_CHECK(b.numel() == N, "linear: bias size");
   }
   const float* bp = bias.has_value() ? b.data_ptr<float>() : nullptr;
-  auto xq = torch::empty({M, K}, q.options());
-  auto xd = torch::empty({M, G}, x.options());
+  auto xq = torch::empty({M, K}, x.options().dtype(torch::kInt8));
+  auto xd = torch::empty({M, G}, x.options()), xs = torch::empty({M, G}, x.options());
   const float* xp = x.data_ptr<float>();
   int8_t* xqp = xq.data_ptr<int8_t>();
-  float* xdp = xd.data_ptr<float>();
+  float *xdp = xd.data_ptr<float>(), *xsp = xs.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) quantize_row(xp + m * K, xqp + m * K, xdp + m * G, K);
+    for (int64_t m = begin; m < end; ++m) {
+      quantize_row(xp + m * K, xqp + m * K, xdp + m * G, K);
+      if (W::offset != 0.0f)
+        for (int64_t g = 0; g < G; ++g) {
+          int sum = 0;
+          for (int i = 0; i < 32; ++i) sum += xqp[m * K + g * 32 + i];
+          xsp[m * G + g] = xdp[m * G + g] * (float)sum;
+        }
+    }
   });
-  const int8_t* qp = q.data_ptr<int8_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
   float* yp = y.data_ptr<float>();
-  // Output rows split across threads; a chunk of 16 weight rows (16 x K bytes) stays in cache
-  // while every block of up to 4 activation rows passes over it.
+  // Output rows split across threads; a chunk of 16 weight rows stays in cache while every
+  // block of up to 4 activation rows passes over it.
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> wd(16 * G);
     for (int64_t n0 = begin; n0 < end; n0 += 16) {
       const int64_t n1 = std::min(end, n0 + 16);
       for (int64_t i = 0; i < (n1 - n0) * G; ++i) wd[i] = _cvtsh_ss(sp[n0 * G + i]);
       for (int64_t m = 0; m < M; m += 4) {
-        const int64_t r = std::min<int64_t>(4, M - m);
-        BLOCKS[r - 1](xqp + m * K, xdp + m * G, qp, wd.data(), bp, yp + m * N, K, N, n0, n1);
+        const int64_t r = std::min<int64_t>(4, M - m), o = m * K, og = m * G;
+        float* ym = yp + m * N;
+        if (r == 4) rows<4>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 3) rows<3>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 2) rows<2>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else rows<1>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
       }
     }
   });
   if (swiglu) return at::silu(y.narrow(-1, 0, N / 2)).mul_(y.narrow(-1, N / 2, N / 2));
   return y;
+}
+
+torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias,
+                        bool swiglu) {
+  TORCH_CHECK(q.dtype() == torch::kInt8 && q.dim() == 2, "q8_linear: q int8 (N, K)");
+  q = q.contiguous();
+  return linear(Q8Weights{q.data_ptr<int8_t>(), q.size(1)}, x, q.size(0), scale, bias, swiglu);
+}
+
+torch::Tensor q5_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor qh, torch::Tensor scale,
+                        c10::optional<torch::Tensor> bias, bool swiglu) {
+  TORCH_CHECK(qs.dtype() == torch::kUInt8 && qh.dtype() == torch::kInt32 && qs.dim() == 2 && qh.dim() == 2 &&
+              qh.size(0) == qs.size(0) && qh.size(1) * 16 == qs.size(1), "q5_linear: qs uint8 (N, K/2), qh int32 (N, K/32)");
+  qs = qs.contiguous(); qh = qh.contiguous();
+  const Q5Weights w{qs.data_ptr<uint8_t>(), reinterpret_cast<const uint32_t*>(qh.data_ptr<int32_t>()), qs.size(1) * 2};
+  return linear(w, x, qs.size(0), scale, bias, swiglu);
 }
 
 // float32 -> bfloat16 bits, round to nearest even (weights are finite), 16 values in order.
@@ -161,40 +268,74 @@ static inline __m256i to_bf16(__m256 a, __m256 b) {
   return _mm256_permute4x64_epi64(_mm256_packus_epi32(ia, ib), 0xD8);  // packus interleaves lanes
 }
 
-// The weight w = q * scale (N, K) as float32 or bfloat16, in one pass (the prefill GEMM's input).
-torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16) {
-  TORCH_CHECK(q.dtype() == torch::kInt8 && scale.dtype() == torch::kFloat16 && q.dim() == 2 &&
-              q.size(1) % 32 == 0 && scale.size(0) == q.size(0) && scale.size(1) == q.size(1) / 32,
-              "q8_dequantize: q int8 (N, K), scale float16 (N, K/32)");
-  q = q.contiguous(); scale = scale.contiguous();
-  const int64_t N = q.size(0), K = q.size(1), G = K / 32;
-  auto out = torch::empty({N, K}, q.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
-  const int8_t* qp = q.data_ptr<int8_t>();
+// Group i (of N * K/32) of a weight as 32 floats, then w = d * (value - offset).
+static inline void store_group(uint8_t* op, int64_t i, const __m256 v[4], bool bf16) {
+  if (bf16) {
+    __m256i* o = reinterpret_cast<__m256i*>(op + i * 64);
+    _mm256_storeu_si256(o, to_bf16(v[0], v[1]));
+    _mm256_storeu_si256(o + 1, to_bf16(v[2], v[3]));
+  } else {
+    float* o = reinterpret_cast<float*>(op) + i * 32;
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(o + 8 * j, v[j]);
+  }
+}
+
+// The weight (N, K) as float32 or bfloat16, in one pass (the prefill GEMM's input): each group's
+// 32 integers (int8 for q8, 0..31 minus 16 for q5) times its scale, rounded once.
+template <class Unpack>
+static torch::Tensor dequantize(int64_t N, int64_t K, torch::Tensor scale, bool bf16, Unpack unpack) {
+  TORCH_CHECK(scale.dtype() == torch::kFloat16 && K % 32 == 0 && scale.size(0) == N && scale.size(1) == K / 32,
+              "dequantize: scale float16 (N, K/32)");
+  scale = scale.contiguous();
+  const int64_t G = K / 32;
+  auto out = torch::empty({N, K}, scale.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
   uint8_t* op = static_cast<uint8_t*>(out.data_ptr());
   at::parallel_for(0, N * G, 1024, [&](int64_t begin, int64_t end) {
+    alignas(32) int8_t values[32];
     for (int64_t i = begin; i < end; ++i) {
+      unpack(i, values);
       const __m256 d = _mm256_set1_ps(_cvtsh_ss(sp[i]));
       __m256 v[4];
       for (int j = 0; j < 4; ++j)
-        v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qp + i * 32 + 8 * j)))), d);
-      if (bf16) {
-        __m256i* o = reinterpret_cast<__m256i*>(op + i * 64);
-        _mm256_storeu_si256(o, to_bf16(v[0], v[1]));
-        _mm256_storeu_si256(o + 1, to_bf16(v[2], v[3]));
-      } else {
-        float* o = reinterpret_cast<float*>(op) + i * 32;
-        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(o + 8 * j, v[j]);
-      }
+        v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(values + 8 * j)))), d);
+      store_group(op, i, v, bf16);
     }
   });
   return out;
 }
+
+torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16) {
+  TORCH_CHECK(q.dtype() == torch::kInt8 && q.dim() == 2, "q8_dequantize: q int8 (N, K)");
+  q = q.contiguous();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  return dequantize(q.size(0), q.size(1), scale, bf16, [qp](int64_t i, int8_t* values) {
+    _mm256_store_si256((__m256i*)values, _mm256_loadu_si256((const __m256i*)(qp + i * 32)));
+  });
+}
+
+torch::Tensor q5_dequantize(torch::Tensor qs, torch::Tensor qh, torch::Tensor scale, bool bf16) {
+  TORCH_CHECK(qs.dtype() == torch::kUInt8 && qh.dtype() == torch::kInt32 && qs.dim() == 2 &&
+              qh.size(1) * 16 == qs.size(1), "q5_dequantize: qs uint8 (N, K/2), qh int32 (N, K/32)");
+  qs = qs.contiguous(); qh = qh.contiguous();
+  const uint8_t* sp = qs.data_ptr<uint8_t>();
+  const uint32_t* hp = reinterpret_cast<const uint32_t*>(qh.data_ptr<int32_t>());
+  return dequantize(qs.size(0), qs.size(1) * 2, scale, bf16, [sp, hp](int64_t i, int8_t* values) {
+    for (int j = 0; j < 16; ++j) {
+      values[j] = (int8_t)(((sp[i * 16 + j] & 0x0F) | (((hp[i] >> j) & 1) << 4)) - 16);
+      values[j + 16] = (int8_t)(((sp[i * 16 + j] >> 4) | (((hp[i] >> (j + 16)) & 1) << 4)) - 16);
+    }
+  });
+}
 """
 
-_CPP_DECL = ("torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, "
-             "c10::optional<torch::Tensor> bias, bool swiglu);\n"
-             "torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16);")
+_CPP_DECL = """
+torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias, bool swiglu);
+torch::Tensor q5_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor qh, torch::Tensor scale,
+                        c10::optional<torch::Tensor> bias, bool swiglu);
+torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16);
+torch::Tensor q5_dequantize(torch::Tensor qs, torch::Tensor qh, torch::Tensor scale, bool bf16);
+"""
 
 
 @functools.lru_cache(maxsize=1)
@@ -218,7 +359,7 @@ def _module():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear", "q8_dequantize"],
+        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear", "q5_linear", "q8_dequantize", "q5_dequantize"],
                            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler / ninja, or a build failure: the reference path runs
@@ -277,3 +418,33 @@ def q8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
         y = y if bias is None else y + bias
         return swiglu(y) if gated else y
     return module.q8_linear(x, q, scale, bias, gated)
+
+
+def q5_values(qs: torch.Tensor, qh: torch.Tensor) -> torch.Tensor:
+    """The signed integers (N, K) int8 that GGUF Q5_0 weights are multiples of: low nibble | high
+    bit << 4, minus 16. qs (N, K/2) holds element j of a group in the low nibble of byte j and
+    element j + 16 in the high one; bit j of qh (N, K/32) is element j's high bit."""
+    n = qs.shape[0]
+    nibbles = torch.cat([(qs & 0x0F).view(n, -1, 16), (qs >> 4).view(n, -1, 16)], dim=-1).to(torch.int32)
+    high = (qh.view(n, -1, 1) >> torch.arange(32, device=qh.device)) & 1  # (N, G, 32)
+    return ((nibbles | (high << 4)) - 16).to(torch.int8).view(n, -1)
+
+
+def q5_dequantize(qs: torch.Tensor, qh: torch.Tensor, scale: torch.Tensor,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """w = (q - 16) * scale per group of 32, (N, K) in `dtype`."""
+    module = _module()
+    if module is not None and dtype in (torch.float32, torch.bfloat16):
+        return module.q5_dequantize(qs, qh, scale, dtype == torch.bfloat16)
+    return dequantize(q5_values(qs, qh), scale, dtype)
+
+
+def q5_matmul(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor, scale: torch.Tensor,
+              bias: torch.Tensor | None = None, *, gated: bool = False) -> torch.Tensor:
+    """As `q8_matmul` for Q5_0 weights kept in their 5.5 bits: the kernel unpacks each group in
+    registers (the same products: the q5 values as unsigned 0..31 against int8 activations, the
+    offset 16 taken off through the activations' group sums)."""
+    module = _module()
+    if module is None:
+        return q8_matmul(x, q5_values(qs, qh), scale, bias, gated=gated)
+    return module.q5_linear(x, qs, qh, scale, bias, gated)

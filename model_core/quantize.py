@@ -120,6 +120,16 @@ class GGUFTensor:
             scales.append(scale)
         return torch.cat(qs), torch.cat(scales)
 
+    def q5_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A Q5_0 tensor's (qs uint8 (N, K/2), qh int32 (N, K/32), scale float16 (N, K/32)),
+        read straight from its blocks (22 bytes: scale, 32 high bits, 16 bytes of nibbles)."""
+        rows, cols = self.shape
+        b = np.ascontiguousarray(self.blocks).reshape(rows, cols // 32, 22)
+        scale = torch.from_numpy(np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0])
+        qh = torch.from_numpy(np.ascontiguousarray(b[..., 2:6]).view(np.int32)[..., 0])
+        qs = torch.from_numpy(np.ascontiguousarray(b[..., 6:22]).reshape(rows, cols // 2))
+        return qs, qh, scale
+
     def int4_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(q (N, K) in 0..15, scale (N, K/32), offset (N, K/32)) with w = scale * q + offset,
         read exactly from Q4_0 / Q4_1 / Q4_K blocks; None for other types."""
@@ -297,44 +307,91 @@ class BF16Linear(QuantizedLinear):
         return self.w.to(dtype)
 
 
-class Q8Linear(QuantizedLinear):
-    """int8 in groups of 32 along K, one float16 scale per group (GGUF's Q8_0 layout):
-    `kernels.q8_matmul` for up to `kernel_rows` rows (decode, small batches), dequantize + GEMM
-    above (prefill: measured faster there, docs/quantization.md)."""
+class GroupLinear(QuantizedLinear):
+    """Weights as integers in groups of 32 along K with one float16 scale per group: a kernel of
+    ours (`model_core.kernels`, int8 activations per group, as llama.cpp) for up to `kernel_rows`
+    rows (decode, small batches), dequantize + GEMM in `gemm_dtype()` above (prefill: measured
+    faster there, docs/quantization.md). `gated`: the rows are [gate; up] and forward returns
+    silu(gate) * up, (..., N / 2) (`fuse_projections`)."""
 
     kernel_rows = 64
 
+    def __init__(self, shape: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, gated: bool):
+        super().__init__(shape[1], shape[0], bias)
+        self.register_buffer("scale", scale.to(torch.float16).contiguous())
+        self.gated = gated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= self.kernel_rows * self.in_features:
+            if x.dtype == torch.float32:  # decode: one call, no reshapes or casts around it
+                return self.kernel(x)
+            return self.kernel(x.float()).to(x.dtype)
+        dtype = gemm_dtype()  # bfloat16 where the CPU multiplies it natively: 4.6x float32 at 128 rows
+        y = F.linear(x.to(dtype), self.dequantize(dtype)).float()
+        y = y if self.bias is None else y + self.bias
+        return (kernels.swiglu(y) if self.gated else y).to(x.dtype)
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Q8Linear(GroupLinear):
+    """int8 in groups of 32 along K (GGUF's Q8_0 layout): `kernels.q8_matmul`."""
+
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                  gated: bool = False):
-        super().__init__(q.shape[1], q.shape[0], bias)
+        super().__init__(q.shape, scale, bias, gated)
         self.register_buffer("q", q.to(torch.int8).contiguous())
-        self.register_buffer("scale", scale.to(torch.float16).contiguous())
-        self.gated = gated  # rows are [gate; up]: forward gives silu(gate) * up, (..., N / 2)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Q8Linear:
         return cls(*q8_groups(weight), bias)
 
     @classmethod
-    def concat(cls, parts: list[Q8Linear], gated: bool = False) -> Q8Linear:
+    def concat(cls, parts: list[GroupLinear], gated: bool = False) -> Q8Linear:
         """One module for several with the same input: their rows stacked (bias zero where a part
         has none), so one call computes them all."""
-        biases = [p.bias if p.bias is not None else torch.zeros(p.out_features) for p in parts]
-        bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
-        return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), bias, gated)
+        parts = [p.to_q8() if isinstance(p, Q5Linear) else p for p in parts]
+        return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), _stacked_bias(parts), gated)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() <= self.kernel_rows * self.in_features:
-            if x.dtype == torch.float32:  # decode: one call, no reshapes or casts around it
-                return kernels.q8_matmul(x, self.q, self.scale, self.bias, gated=self.gated)
-            return kernels.q8_matmul(x.float(), self.q, self.scale, self.bias, gated=self.gated).to(x.dtype)
-        dtype = gemm_dtype()  # bfloat16 where the CPU multiplies it natively: 4.6x float32 at 128 rows
-        y = F.linear(x.to(dtype), self.dequantize(dtype)).float()
-        y = y if self.bias is None else y + self.bias
-        return (kernels.swiglu(y) if self.gated else y).to(x.dtype)
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.q8_matmul(x, self.q, self.scale, self.bias, gated=self.gated)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return kernels.dequantize(self.q, self.scale, dtype)
+
+
+class Q5Linear(GroupLinear):
+    """GGUF Q5_0 blocks kept in their 5.5 bits per weight: w = scale * (q - 16), q = low nibble
+    (qs, two per byte) | high bit (qh, 32 per group) << 4. `kernels.q5_matmul` unpacks each group
+    in registers: 35% fewer bytes per decode step than int8 for the same exact weights."""
+
+    def __init__(self, qs: torch.Tensor, qh: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None = None, gated: bool = False):
+        super().__init__((qs.shape[0], qs.shape[1] * 2), scale, bias, gated)
+        self.register_buffer("qs", qs.to(torch.uint8).contiguous())
+        self.register_buffer("qh", qh.to(torch.int32).contiguous())
+
+    @classmethod
+    def concat(cls, parts: list[Q5Linear], gated: bool = False) -> Q5Linear:
+        return cls(torch.cat([p.qs for p in parts]), torch.cat([p.qh for p in parts]),
+                   torch.cat([p.scale for p in parts]), _stacked_bias(parts), gated)
+
+    def to_q8(self) -> Q8Linear:
+        """The same weights as int8 groups (exact: q - 16 is in -16..15)."""
+        return Q8Linear(kernels.q5_values(self.qs, self.qh), self.scale, self.bias, self.gated)
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.q5_matmul(x, self.qs, self.qh, self.scale, self.bias, gated=self.gated)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return kernels.q5_dequantize(self.qs, self.qh, self.scale, dtype)
+
+
+def _stacked_bias(parts: list[GroupLinear]) -> torch.Tensor | None:
+    if all(p.bias is None for p in parts):
+        return None
+    return torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features) for p in parts])
 
 
 def q8_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -482,17 +539,19 @@ def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTens
 
 
 def fuse_projections(model: nn.Module) -> nn.Module:
-    """Where q, k, v (and an MLP's gate and up) are all `Q8Linear`, one module does the work of
-    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way). The fused
-    MLP module returns silu(gate) * up itself (the kernel applies it to its output)."""
+    """Where q, k, v (and an MLP's gate and up) are all `GroupLinear`, one module does the work of
+    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way); Q5 when
+    all parts are, else int8 (exact for Q5 parts). The fused MLP module returns silu(gate) * up
+    itself (the kernel applies it to its output)."""
     for module in model.modules():
         names = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
         for fused, parts in names.items():
             if not hasattr(module, fused) or getattr(module, fused) is not None:
                 continue
             linears = [getattr(module, name, None) for name in parts]
-            if all(type(m) is Q8Linear and not m.gated for m in linears):
-                setattr(module, fused, Q8Linear.concat(linears, gated=fused == "gate_up_proj"))
+            if all(isinstance(m, GroupLinear) and not m.gated for m in linears):
+                kind = Q5Linear if all(isinstance(m, Q5Linear) for m in linears) else Q8Linear
+                setattr(module, fused, kind.concat(linears, gated=fused == "gate_up_proj"))
                 for name in parts:
                     delattr(module, name)
     return model
@@ -507,6 +566,8 @@ def _quantized_linear(mode: str, source: GGUFTensor | None, weight: torch.Tensor
         else:
             kind = mode
         if kind == "int8" and q8 and source.shape[1] % GROUP == 0:
+            if mode == "gguf" and source.type_name == "Q5_0":
+                return Q5Linear(*source.q5_parts(), bias)
             return Q8Linear(*source.q8_groups(), bias)
         if kind in ("int4", "int4x2") and (groups := source.int4_groups()) is not None:
             return Int4Linear.from_groups(*groups, bias)

@@ -15,9 +15,11 @@ from model_core.model import forward_full
 from model_core.quantize import (
     GEMV_ROWS,
     GGUFTensor,
+    GroupLinear,
     Int4Linear,
     Int4x2Linear,
     Int8Linear,
+    Q5Linear,
     Q8Linear,
     QuantizedEmbedding,
     QuantizedLinear,
@@ -143,7 +145,7 @@ def test_activation_rounding_is_within_half_a_step_per_group():
     assert ((rounded - x).reshape(3, 4, 32).abs() <= step / 2 + 1e-6).all()
 
 
-@pytest.mark.parametrize("rows", [1, 3, Q8Linear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
+@pytest.mark.parametrize("rows", [1, 3, GroupLinear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
 def test_q8_linear_multiplies_as_its_weight(rows):
     """Up to kernel_rows rows the kernel (int8 activations per group); above, a GEMM in
     `gemm_dtype()` (bfloat16 where the CPU has it, float32 elsewhere)."""
@@ -161,7 +163,7 @@ def test_q8_linear_multiplies_as_its_weight(rows):
     torch.testing.assert_close(module(x), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("rows", [1, Q8Linear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
+@pytest.mark.parametrize("rows", [1, GroupLinear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
 def test_fused_projections_compute_what_the_separate_ones_do(rows):
     """q, k, v as one module (rows stacked), gate and up as one that returns silu(gate) * up."""
     q, k, v = (Q8Linear.from_float(torch.randn(n, 128), torch.randn(n)) for n in (64, 32, 32))
@@ -196,6 +198,24 @@ def test_dequantized_q8_weights_are_q_times_scale_rounded_once(dtype):
     scale = (torch.randn(48, 3, generator=torch.Generator().manual_seed(3)) / 50).half()
     exact = (q.float().reshape(48, 3, 32) * scale.float()[..., None]).reshape(48, 96)
     assert torch.equal(kernels.dequantize(q, scale, dtype), exact.to(dtype))
+
+
+@pytest.mark.parametrize("rows", [1, 3, GroupLinear.kernel_rows + 1], ids=lambda r: f"{r}-rows")
+def test_q5_blocks_stay_in_their_bits_and_multiply_as_their_weight(rows):
+    """GGUF Q5_0 kept as it is (22 bytes per 32 weights), signed scales included (llama.cpp writes
+    them); it multiplies as the same weights held as int8 groups."""
+    blocks = random_blocks("Q5_0", 64, 256, seed=8)
+    blocks.blocks.reshape(64, 8, 22)[::3, ::2, 1] |= 0x80  # negative scales in some blocks
+    qs, qh, scale = blocks.q5_parts()
+    assert torch.equal(kernels.q5_dequantize(qs, qh, scale), reference(blocks))
+    assert torch.equal(kernels.q5_dequantize(qs, qh, scale, torch.bfloat16), reference(blocks).bfloat16())
+    bias = torch.randn(64)
+    q5, q8 = Q5Linear(qs, qh, scale, bias), Q8Linear(*blocks.q8_groups(), bias)
+    assert sum(t.numel() * t.element_size() for t in (q5.qs, q5.qh, q5.scale)) == blocks.blocks.nbytes
+    x = torch.randn(1, rows, 256)
+    torch.testing.assert_close(q5(x), q8(x), rtol=1e-5, atol=1e-5 * q8(x).abs().max().item())
+    gated = Q5Linear.concat([q5, q5], gated=True)
+    torch.testing.assert_close(gated(x), F.silu(q8(x)) * q8(x), rtol=1e-4, atol=1e-4 * q8(x).abs().max().item() ** 2)
 
 
 def test_embedding_rows_are_the_blocks_rows():
