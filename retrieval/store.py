@@ -80,14 +80,14 @@ class DocumentStore:
         embedder: str | Path | Embedder | None = None,
         *,
         index_kind: str | None = None,
-        chunk_tokens: int = 320,
-        overlap_tokens: int = 64,
+        chunk_tokens: int = 200,
+        overlap_tokens: int = 32,
         max_file_bytes: int = DEFAULT_MAX_BYTES,
         progress: bool | None = None,
         hybrid_fusion: str = "relative",
         hybrid_weights: tuple[float, float] | None = None,
         headings: bool = True,
-        sections: bool = True,
+        sections: bool = False,
     ):
         from filelock import FileLock
 

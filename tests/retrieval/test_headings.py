@@ -92,7 +92,7 @@ def test_stored_chunks_of_a_reference_begin_at_its_entries(make_store):
         for n in range(20)
     )
     text = "CLASSES\n    class Client(object)\n" + entries
-    store = make_store(chunk_tokens=64, overlap_tokens=16)
+    store = make_store(chunk_tokens=64, overlap_tokens=16, sections=True)
     info = store.add_text(text, "net.txt")
     hits = store.search("fetch resource from the url", k=50, mode="lexical")
     assert len(hits) == info.n_chunks > 3
