@@ -1,7 +1,15 @@
-"""A CPU kernel PyTorch does not ship: int8 weights in groups of 32 times int8 activations.
+"""CPU kernels PyTorch does not ship: integer weights in groups of 32 times int8 activations.
 
     q8_matmul(x (M, K) float32, q (N, K) int8, scale (N, K/32) float16, bias=None) -> (M, N) float32
     y[m, n] = sum_g scale[n, g] * d[m, g] * sum_{k in group g} xq[m, k] * q[n, k]
+    q5_matmul(x, qs (N, K/2) uint8, qh (N, K/32) int32, scale, bias=None)   # GGUF Q5_0 as stored
+    dequantize(q, scale, dtype) / q5_dequantize(qs, qh, scale, dtype)        # one pass, for prefill
+
+Both matmuls take `gated=True` for rows [gate; up]: the result is silu(gate) * up (SwiGLU in the
+same call). Q5_0 weights stay in their 5.5 bits per weight: each group is unpacked in registers
+(nibbles plus a high bit, as unsigned 0..31) and its offset of 16 comes off through the group
+sums of the activations; on CPUs with AVX-512 BW/VNNI two groups go in one register (high bits
+by a byte mask, products by `vpdpbusd`), chosen at run time, the AVX2 path elsewhere.
 
 where xq, d are x in llama.cpp's Q8_0 form: each group of 32 activations as int8 with one scale
 d = max|x| / 127 (`quantize_activations`). This is how llama.cpp multiplies Q8_0 / Q5_0 / Q4_0

@@ -53,7 +53,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # As transformers: normalise in float32, cast back, then scale (one fused kernel).
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # the same arithmetic, one op
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # As transformers: normalise in float32, cast back, then scale.
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
