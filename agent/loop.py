@@ -14,10 +14,19 @@ the model's text as it is generated, without the tool-call markup (calls arrive 
 A call the parser could not read stays in the assistant turn as the model wrote it, and its
 result says why it failed — the model gets to repair it on the next step (Qwen-Agent instead
 feeds the exception text; vLLM's parser drops the call).
+
+Small models loop in two ways, and both end here rather than at the token or step limit: a reply
+that starts repeating itself is stopped (`agent.repetition.RepetitionGuard`) and cut after its
+first occurrence (the step's ``finish_reason`` is ``repetition``); and a step that only repeats
+calls whose results the model already has (same tool, same arguments), or writes call-shaped
+JSON that is no call, gets one more model turn without tools (`FINAL_ANSWER` asks for it), whose
+text is the answer (the last tool result if that turn, too, is only a call).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,12 +34,16 @@ from typing import Any
 
 from agent.backend import ChatBackend
 from agent.parser import StreamParser, TextDelta, ToolCall, parse
+from agent.repetition import RepetitionGuard
 from agent.tools import Tool, ToolResult, as_tools, run_calls
 
 DEFAULT_SYSTEM = (
     "You are a helpful assistant. Use the tools when they help; when you have the answer, "
     "reply with it directly, without a tool call."
 )
+
+
+FINAL_ANSWER = "Using the tool results above, answer my question in one sentence, without calling a tool."
 
 
 @dataclass
@@ -83,32 +96,70 @@ def run_agent(
     schemas = [t.schema() for t in tool_list]
     messages = _start(task, system)
     trace: list[Step] = []
+    answered: set[str] = set()  # calls whose results the model has
     for index in range(max_steps):
         if should_stop is not None and should_stop():
             return _result(trace, messages, "cancelled")
-        step = _one_step(model, index, messages, schemas, tool_list, params, on_text, should_stop)
+        going_round = bool(trace) and not trace[-1].calls  # set below: the last turn had no tools
+        step = _one_step(model, index, messages, [] if going_round else schemas, tool_list, params,
+                         on_text, should_stop)
         trace.append(step)
         if on_step is not None:
             on_step(step)
         if step.finish_reason == "cancelled":
             return _result(trace, messages, "cancelled")
-        if not step.calls:
+        calls = {_call_key(c) for c in step.calls}
+        if going_round:
+            answer = step.content if step.content and not _CALL_SHAPED.match(step.content) else _last_result(trace)
+            messages.append({"role": "assistant", "content": answer})
+            return _result(trace, messages, "answer", answer=answer)
+        if not step.calls and not (answered and _CALL_SHAPED.match(step.content)):
             messages.append({"role": "assistant", "content": step.content})
             return _result(trace, messages, "answer", answer=step.content)
+        if calls <= answered:  # nothing new asked (or calls it could not write): ask for the answer
+            step.calls, step.results = [], []
+            messages.append({"role": "user", "content": FINAL_ANSWER})
+            continue
+        answered |= calls
         messages.extend(_turn_messages(step))
     return _result(trace, messages, "max_steps")
+
+
+# A reply that is tool-call JSON the parser could not take as calls (several bare objects, cut
+# off at the token limit): not an answer.
+_CALL_SHAPED = re.compile(r'\s*(```\w*\s*)?\{\s*"name"\s*:')
+
+
+def _last_result(trace: list[Step]) -> str:
+    return next((r.content for s in reversed(trace) for r in reversed(s.results)), "")
+
+
+def _call_key(call: ToolCall) -> str:
+    return json.dumps([call.name, call.arguments], sort_keys=True, default=str)
 
 
 def _one_step(model, index, messages, schemas, tools, params, on_text, should_stop) -> Step:
     started = time.perf_counter()
     relay = _TextRelay(on_text, model.tool_format.parser) if on_text and schemas else None
-    generation = model.complete(
-        messages, schemas, params, on_text=relay.feed if relay else on_text, should_stop=should_stop
-    )
+    send = relay.feed if relay else on_text
+    guard = RepetitionGuard()
+
+    def watch(piece: str) -> None:
+        guard.feed(piece)
+        if send is not None:
+            send(piece)
+
+    def stop() -> bool:
+        return guard.looping or (should_stop is not None and should_stop())
+
+    generation = model.complete(messages, schemas, params, on_text=watch, should_stop=stop)
     if relay is not None:
         relay.finish()
     model_seconds = time.perf_counter() - started
-    parsed = parse(generation.text, model.tool_format.parser)
+    text, finish_reason = generation.text, generation.finish_reason
+    if guard.looping or RepetitionGuard.loops(text):
+        text, finish_reason = RepetitionGuard.trim(text), "repetition"
+    parsed = parse(text, model.tool_format.parser)
     calls = parsed.calls
     for call in calls:
         call.id = f"step{index}_{call.id}"
@@ -116,11 +167,11 @@ def _one_step(model, index, messages, schemas, tools, params, on_text, should_st
     results = run_calls(calls, tools) if calls else []
     return Step(
         index=index,
-        text=generation.text,
+        text=text,
         content=parsed.content,
         calls=calls,
         results=results,
-        finish_reason=generation.finish_reason,
+        finish_reason=finish_reason,
         prompt_tokens=generation.prompt_tokens,
         completion_tokens=len(generation.token_ids),
         model_seconds=model_seconds,

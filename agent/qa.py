@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from agent.errors import AgentError
+from agent.repetition import RepetitionGuard
 
 # Qwen2.5's own default system message, and no rules in it: told to cite [n] the 0.5B model wrote
 # bare numbers ("[2] [3] [1]") or echoed source headers; told it may reply "The sources do not
@@ -46,7 +47,6 @@ from agent.errors import AgentError
 SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 ANSWER_PREFIX = ""  # an assistant prefix for the reply ("[" forced a number first: worse answers)
 NO_ANSWER = "The sources do not say."
-REPEAT_NGRAM, REPEAT_TIMES = 8, 3
 _WORD = re.compile(r"[A-Za-z0-9]+")
 # A sentence ends at . ! ? before a space, or at a blank line; a single newline does not end it
 # (man pages and pydoc wrap sentences across indented lines). "2.0" does not end one.
@@ -194,42 +194,6 @@ def _answer_and_citations(reply: str, question: str, sources: list[Source], stor
     if unsupported:
         return NO_ANSWER, [], {"no_answer": True, "model_answer": text, "no_answer_reason": unsupported}
     return text, cite(text, question, sources, store), {"no_answer": False}
-
-
-class RepetitionGuard:
-    """Watches streamed text; `looping` once an 8-word sequence has appeared three times."""
-
-    def __init__(self):
-        self.text = ""
-        self.looping = False
-
-    def feed(self, piece: str) -> None:
-        self.text += piece
-        if not self.looping and piece and len(self.text) % 8 < len(piece) + 1:
-            self.looping = self.loops(self.text)
-
-    @staticmethod
-    def loops(text: str) -> bool:
-        words = text.split()
-        seen: dict[tuple[str, ...], int] = {}
-        for i in range(len(words) - REPEAT_NGRAM + 1):
-            gram = tuple(words[i : i + REPEAT_NGRAM])
-            seen[gram] = seen.get(gram, 0) + 1
-            if seen[gram] >= REPEAT_TIMES:
-                return True
-        return False
-
-    @staticmethod
-    def trim(text: str) -> str:
-        """The text up to the end of the first occurrence of the first repeated sequence."""
-        words = list(re.finditer(r"\S+", text))
-        first: dict[tuple[str, ...], int] = {}
-        for i in range(len(words) - REPEAT_NGRAM + 1):
-            gram = tuple(w.group(0) for w in words[i : i + REPEAT_NGRAM])
-            if gram in first:
-                return text[: words[i - 1].end()].rstrip() if i else ""
-            first[gram] = i
-        return text
 
 
 def _user_prompt(context: str, question: str) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 from agent import ScriptedChat, run_agent, tool_from_function
 from agent.builtin import calculator_tool
 from agent.formats import QWEN
+from agent.loop import FINAL_ANSWER
 
 
 def call(name, **arguments):
@@ -207,3 +209,29 @@ def test_task_as_messages_keeps_the_callers_system_prompt():
         [],
     )
     assert model.seen[0][0] == {"role": "system", "content": "Be terse."}
+
+
+def test_a_model_repeating_an_answered_call_is_asked_for_the_answer():
+    """What the 0.5B Qwen2 did: call, then the same call again instead of answering."""
+    model = ScriptedChat([call("calculator", expression="37 * 91"), call("calculator", expression="37 * 91"),
+                          "37 * 91 is 3367."])
+    result = run_agent(model, "What is 37*91?", [calculator_tool()])
+    assert result.answer == "37 * 91 is 3367." and result.stopped_reason == "answer"
+    assert [len(s.calls) for s in result.trace] == [1, 0, 0]
+    asked = model.seen[-1]  # the last turn saw the result and the request for the answer
+    assert asked[-1] == {"role": "user", "content": FINAL_ANSWER}
+    assert any(m.get("role") == "tool" and m["content"] == "3367" for m in asked)
+
+
+def test_call_shaped_text_after_results_is_not_the_answer():
+    lines = "\n".join(json.dumps({"name": "calculator", "arguments": {"expression": f"{n} / 4"}}) for n in (256, 64, 16))
+    model = ScriptedChat([call("calculator", expression="2**10 / 4"), lines, lines])
+    result = run_agent(model, "Compute 2**10 / 4", [calculator_tool()])
+    assert result.answer == "256.0"  # the model never wrote one: the last tool result stands in
+
+
+def test_a_looping_reply_is_cut_after_its_first_round():
+    loop = "The file is read. " + "It is read again and again and again. " * 6
+    result = run_agent(ScriptedChat([loop]), "What happens to the file?", [calculator_tool()])
+    assert result.trace[0].finish_reason == "repetition"
+    assert result.answer.count("again and again") == 1, result.answer
