@@ -3,13 +3,15 @@
     q8_matmul(x (M, K) float32, q (N, K) int8, scale (N, K/32) float16, bias=None) -> (M, N) float32
     y[m, n] = sum_g scale[n, g] * d[m, g] * sum_{k in group g} xq[m, k] * q[n, k]
     q5_matmul(x, qs (N, K/2) uint8, qh (N, K/32) int32, scale, bias=None)   # GGUF Q5_0 as stored
-    dequantize(q, scale, dtype) / q5_dequantize(qs, qh, scale, dtype)        # one pass, for prefill
+    q4_matmul(x, qs (N, K/2) uint8, mins (N, K/32) float16, scale, bias=None)  # w = scale * q + min
+    dequantize / q5_dequantize / q4_dequantize(..., dtype)                   # one pass, for prefill
+    rope(x, cos, sin)                                                        # decode-size RoPE
 
-Both matmuls take `gated=True` for rows [gate; up]: the result is silu(gate) * up (SwiGLU in the
-same call). Q5_0 weights stay in their 5.5 bits per weight: each group is unpacked in registers
-(nibbles plus a high bit, as unsigned 0..31) and its offset of 16 comes off through the group
-sums of the activations; on CPUs with AVX-512 BW/VNNI two groups go in one register (high bits
-by a byte mask, products by `vpdpbusd`), chosen at run time, the AVX2 path elsewhere.
+The matmuls take `gated=True` for rows [gate; up]: the result is silu(gate) * up (SwiGLU in the
+same call). 4- and 5-bit weights stay in their bits: each group is unpacked in registers (nibbles,
+plus a high bit for Q5, as unsigned integers) and the format's offset or min comes in through the
+group sums of the activations; on CPUs with AVX-512 BW/VNNI two groups go in one register (Q5's
+high bits by a byte mask, products by `vpdpbusd`), chosen at run time, the AVX2 path elsewhere.
 
 where xq, d are x in llama.cpp's Q8_0 form: each group of 32 activations as int8 with one scale
 d = max|x| / 127 (`quantize_activations`). This is how llama.cpp multiplies Q8_0 / Q5_0 / Q4_0
@@ -86,11 +88,12 @@ static void quantize_row(const float* x, int8_t* q, float* d, int64_t K) {
 }
 
 // Weight formats, one group of 32 at a time. `dot` is the group's integer dot product with 32
-// int8 activations as 8 int32 lanes; `offset` the value the format subtracts from each stored
-// integer (the kernel subtracts offset * sum(x) per group, in float).
-struct Q8Weights {  // int8 q (N, K): w = scale * q (Q8_0, and Q5_0 / Q4_0 / K-quants through int8)
+// int8 activations as 8 int32 lanes; `shift(n, g, scale)` what each unit of the activations'
+// group sum adds (the format's min or offset: the kernel adds shift * d_x * sum(x_q), in float).
+struct Q8Weights {  // int8 q (N, K): w = scale * q (Q8_0, and Q6_K / Q5_1 / ... through int8)
   const int8_t* q; int64_t K;
-  static constexpr float offset = 0.0f;
+  static constexpr bool shifted = false;
+  inline float shift(int64_t, int64_t, float) const { return 0.0f; }
   inline __m256i dot(int64_t n, int64_t g, __m256i x) const {
     // |x| * (sign(x) w) with vpmaddubsw (|x|, |w| <= 127: the int16 pair sums cannot saturate)
     const __m256i w = _mm256_loadu_si256((const __m256i*)(q + n * K + g * 32));
@@ -98,24 +101,41 @@ struct Q8Weights {  // int8 q (N, K): w = scale * q (Q8_0, and Q5_0 / Q4_0 / K-q
   }
 };
 
-struct Q5Weights {  // GGUF Q5_0 as it is: w = scale * (q - 16), q = low nibble | high bit << 4
-  const uint8_t* qs; const uint32_t* qh; int64_t K;  // qs (N, K/2): element j low, j + 16 high nibble
-  static constexpr float offset = 16.0f;
+// Nibble formats: qs (N, K/2), byte j of a group holds element j (low nibble) and j + 16 (high).
+static inline __m256i nibbles(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128((const __m128i*)p);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+}
+
+struct Q4Weights {  // w = scale * q + min per group, q = the nibble (Q4_0, Q4_1, Q4_K sub-blocks)
+  const uint8_t* qs; const uint16_t* mins; int64_t K;
+  static constexpr bool shifted = true, high_bits = false;
+  inline float shift(int64_t n, int64_t g, float) const { return _cvtsh_ss(mins[n * (K / 32) + g]); }
   inline __m256i dot(int64_t n, int64_t g, __m256i x) const {
-    const __m128i b = _mm_loadu_si128((const __m128i*)(qs + n * (K / 2) + g * 16));
-    const __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(qs + n * (K / 2) + g * 16), x), _mm256_set1_epi16(1));
+  }
+};
+
+struct Q5Weights {  // GGUF Q5_0 as it is: w = scale * (q - 16), q = low nibble | high bit << 4
+  const uint8_t* qs; const uint32_t* qh; int64_t K;
+  static constexpr bool shifted = true, high_bits = true;
+  inline float shift(int64_t, int64_t, float d) const { return -16.0f * d; }
+  inline __m256i dot(int64_t n, int64_t g, __m256i x) const {
+    const __m256i w = unpack(qs + n * (K / 2) + g * 16, qh[n * (K / 32) + g]);  // 0..31, unsigned
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));  // 31 * 127 * 2 fits int16
+  }
+  static inline __m256i unpack(const uint8_t* qs, uint32_t qh) {
     // bit j of qh -> byte j: byte j takes qh's byte j / 8, then tests bit j % 8
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh[n * (K / 32) + g]), _mm256_setr_epi8(
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
     const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
-    const __m256i w = _mm256_or_si256(nibbles, high);  // 0..31, unsigned
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));  // 31 * 127 * 2 fits int16
+    return _mm256_or_si256(nibbles(qs), high);
   }
 };
 
 // y[r, n] for R activation rows and weight rows n0..n1: per group an integer dot product scaled
-// by d_x * d_w in float; xs[r, g] = d_x * sum(x_q) for the format's offset.
+// by d_x * d_w in float; xs[r, g] = d_x * sum(x_q) for the format's shift.
 template <int R, class W>
 static void rows_block(const W& w, const int8_t* xq, const float* xd, const float* xs, const float* wd,
                        const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
@@ -129,29 +149,28 @@ static void rows_block(const W& w, const int8_t* xq, const float* xd, const floa
       for (int r = 0; r < R; ++r) {
         const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + r * K + g * 32));
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dn[g] * xd[r * G + g]), _mm256_cvtepi32_ps(w.dot(n, g, xv)), acc[r]);
-        if (W::offset != 0.0f) shift[r] += dn[g] * xs[r * G + g];
+        if (W::shifted) shift[r] += w.shift(n, g, dn[g]) * xs[r * G + g];
       }
     }
     const float b = bias ? bias[n] : 0.0f;
-    for (int r = 0; r < R; ++r) y[r * N + n] = hsum(acc[r]) - W::offset * shift[r] + b;
+    for (int r = 0; r < R; ++r) y[r * N + n] = hsum(acc[r]) + shift[r] + b;
   }
 }
 
-// Q5 rows with AVX-512 (BW, VNNI), where the CPU has it: two groups per 512-bit register, the
-// high bits spread by a byte mask (one instruction) and u8 x s8 products summed by vpdpbusd.
+// Q4 / Q5 rows with AVX-512 (BW, VNNI), where the CPU has it: two groups per 512-bit register,
+// Q5's high bits spread by a byte mask (one instruction), u8 x s8 products summed by vpdpbusd.
 // The AVX2 unpack costs more than the bytes it saves; this one does not (docs/quantization.md).
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
-template <int R>
-AVX512 static void q5_rows_512(const Q5Weights& w, const int8_t* xq, const float* xd, const float* xs,
-                               const float* wd, const float* bias, float* y, int64_t K, int64_t N,
-                               int64_t n0, int64_t n1) {
+template <int R, class W>
+AVX512 static void nibble_rows_512(const W& w, const int8_t* xq, const float* xd, const float* xs,
+                                   const float* wd, const float* bias, float* y, int64_t K, int64_t N,
+                                   int64_t n0, int64_t n1) {
   const int64_t G = K / 32;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m512i bit4 = _mm512_set1_epi8(0x10);
   for (int64_t n = n0; n < n1; ++n) {
     const float* dn = wd + (n - n0) * G;
     const uint8_t* qs = w.qs + n * (K / 2);
-    const uint32_t* qh = w.qh + n * G;
     __m512 acc[R];
     float shift[R];
     for (int r = 0; r < R; ++r) { acc[r] = _mm512_setzero_ps(); shift[r] = 0.0f; }
@@ -160,19 +179,23 @@ AVX512 static void q5_rows_512(const Q5Weights& w, const int8_t* xq, const float
       const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
       __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // lo g, lo g+1, hi g, hi g+1
       nib = _mm512_shuffle_i64x2(nib, nib, _MM_SHUFFLE(3, 1, 2, 0));       // lo g, hi g, lo g+1, hi g+1
-      const __mmask64 high = (uint64_t)qh[g] | ((uint64_t)qh[g + 1] << 32);
-      const __m512i wv = _mm512_or_si512(nib, _mm512_maskz_mov_epi8(high, bit4));
+      __m512i wv = nib;
+      if constexpr (W::high_bits) {
+        const uint32_t* qh = w.qh + n * G;
+        const __mmask64 high = (uint64_t)qh[g] | ((uint64_t)qh[g + 1] << 32);
+        wv = _mm512_or_si512(nib, _mm512_maskz_mov_epi8(high, bit4));
+      }
       for (int r = 0; r < R; ++r) {
         const __m512i xv = _mm512_loadu_si512((const void*)(xq + r * K + g * 32));
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
         const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(dn[g] * xd[r * G + g]),
                                                 _mm256_set1_ps(dn[g + 1] * xd[r * G + g + 1]), 1);
         acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
-        shift[r] += dn[g] * xs[r * G + g] + dn[g + 1] * xs[r * G + g + 1];
+        shift[r] += w.shift(n, g, dn[g]) * xs[r * G + g] + w.shift(n, g + 1, dn[g + 1]) * xs[r * G + g + 1];
       }
     }
     const float bv = bias ? bias[n] : 0.0f;
-    for (int r = 0; r < R; ++r) y[r * N + n] = _mm512_reduce_add_ps(acc[r]) - Q5Weights::offset * shift[r] + bv;
+    for (int r = 0; r < R; ++r) y[r * N + n] = _mm512_reduce_add_ps(acc[r]) + shift[r] + bv;
   }
 }
 
@@ -186,8 +209,8 @@ static bool has_avx512_vnni() {
 template <int R, class W>
 static void rows(const W& w, const int8_t* xq, const float* xd, const float* xs, const float* wd,
                  const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  if constexpr (std::is_same<W, Q5Weights>::value) {
-    if ((K / 32) % 2 == 0 && has_avx512_vnni()) return q5_rows_512<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
+  if constexpr (!std::is_same<W, Q8Weights>::value) {
+    if ((K / 32) % 2 == 0 && has_avx512_vnni()) return nibble_rows_512<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
   }
   rows_block<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
 }
@@ -220,7 +243,7 @@ static torch::Tensor linear(const W& w, torch::Tensor x, int64_t N, torch::Tenso
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       quantize_row(xp + m * K, xqp + m * K, xdp + m * G, K);
-      if (W::offset != 0.0f)
+      if (W::shifted)
         for (int64_t g = 0; g < G; ++g) {
           int sum = 0;
           for (int i = 0; i < 32; ++i) sum += xqp[m * K + g * 32 + i];
@@ -258,6 +281,15 @@ torch::Tensor q8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c
   return linear(Q8Weights{q.data_ptr<int8_t>(), q.size(1)}, x, q.size(0), scale, bias, swiglu);
 }
 
+torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor mins, torch::Tensor scale,
+                        c10::optional<torch::Tensor> bias, bool swiglu) {
+  TORCH_CHECK(qs.dtype() == torch::kUInt8 && mins.dtype() == torch::kFloat16 && qs.dim() == 2 &&
+              mins.size(0) == qs.size(0) && mins.size(1) * 16 == qs.size(1), "q4_linear: qs uint8 (N, K/2), mins float16 (N, K/32)");
+  qs = qs.contiguous(); mins = mins.contiguous();
+  const Q4Weights w{qs.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(mins.data_ptr<at::Half>()), qs.size(1) * 2};
+  return linear(w, x, qs.size(0), scale, bias, swiglu);
+}
+
 torch::Tensor q5_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor qh, torch::Tensor scale,
                         c10::optional<torch::Tensor> bias, bool swiglu) {
   TORCH_CHECK(qs.dtype() == torch::kUInt8 && qh.dtype() == torch::kInt32 && qs.dim() == 2 && qh.dim() == 2 &&
@@ -291,7 +323,8 @@ static inline void store_group(uint8_t* op, int64_t i, const __m256 v[4], bool b
 // The weight (N, K) as float32 or bfloat16, in one pass (the prefill GEMM's input): each group's
 // 32 integers (int8 for q8, 0..31 minus 16 for q5) times its scale, rounded once.
 template <class Unpack>
-static torch::Tensor dequantize(int64_t N, int64_t K, torch::Tensor scale, bool bf16, Unpack unpack) {
+static torch::Tensor dequantize(int64_t N, int64_t K, torch::Tensor scale, bool bf16, Unpack unpack,
+                                const uint16_t* mins = nullptr) {
   TORCH_CHECK(scale.dtype() == torch::kFloat16 && K % 32 == 0 && scale.size(0) == N && scale.size(1) == K / 32,
               "dequantize: scale float16 (N, K/32)");
   scale = scale.contiguous();
@@ -303,10 +336,10 @@ static torch::Tensor dequantize(int64_t N, int64_t K, torch::Tensor scale, bool 
     alignas(32) int8_t values[32];
     for (int64_t i = begin; i < end; ++i) {
       unpack(i, values);
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(sp[i]));
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(sp[i])), m = _mm256_set1_ps(mins ? _cvtsh_ss(mins[i]) : 0.0f);
       __m256 v[4];
-      for (int j = 0; j < 4; ++j)
-        v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(values + 8 * j)))), d);
+      for (int j = 0; j < 4; ++j)  // d * q + m, not fused: the rounding of the reference
+        v[j] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(values + 8 * j)))), d), m);
       store_group(op, i, v, bf16);
     }
   });
@@ -322,6 +355,16 @@ torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16) {
   });
 }
 
+torch::Tensor q4_dequantize(torch::Tensor qs, torch::Tensor mins, torch::Tensor scale, bool bf16) {
+  TORCH_CHECK(qs.dtype() == torch::kUInt8 && mins.dtype() == torch::kFloat16 && qs.dim() == 2 &&
+              mins.size(1) * 16 == qs.size(1), "q4_dequantize: qs uint8 (N, K/2), mins float16 (N, K/32)");
+  qs = qs.contiguous(); mins = mins.contiguous();
+  const uint8_t* sp = qs.data_ptr<uint8_t>();
+  return dequantize(qs.size(0), qs.size(1) * 2, scale, bf16, [sp](int64_t i, int8_t* values) {
+    _mm256_store_si256((__m256i*)values, nibbles(sp + i * 16));
+  }, reinterpret_cast<const uint16_t*>(mins.data_ptr<at::Half>()));
+}
+
 torch::Tensor q5_dequantize(torch::Tensor qs, torch::Tensor qh, torch::Tensor scale, bool bf16) {
   TORCH_CHECK(qs.dtype() == torch::kUInt8 && qh.dtype() == torch::kInt32 && qs.dim() == 2 &&
               qh.size(1) * 16 == qs.size(1), "q5_dequantize: qs uint8 (N, K/2), qh int32 (N, K/32)");
@@ -329,11 +372,32 @@ torch::Tensor q5_dequantize(torch::Tensor qs, torch::Tensor qh, torch::Tensor sc
   const uint8_t* sp = qs.data_ptr<uint8_t>();
   const uint32_t* hp = reinterpret_cast<const uint32_t*>(qh.data_ptr<int32_t>());
   return dequantize(qs.size(0), qs.size(1) * 2, scale, bf16, [sp, hp](int64_t i, int8_t* values) {
-    for (int j = 0; j < 16; ++j) {
-      values[j] = (int8_t)(((sp[i * 16 + j] & 0x0F) | (((hp[i] >> j) & 1) << 4)) - 16);
-      values[j + 16] = (int8_t)(((sp[i * 16 + j] >> 4) | (((hp[i] >> (j + 16)) & 1) << 4)) - 16);
-    }
+    _mm256_store_si256((__m256i*)values, _mm256_sub_epi8(Q5Weights::unpack(sp + i * 16, hp[i]), _mm256_set1_epi8(16)));
   });
+}
+
+// RoPE for a few tokens (decode): out = x * cos + rotate_half(x) * sin in one pass, x (B, H, T, D)
+// any strides, cos / sin (B or 1, 1, T, D); out contiguous. Six eager ops -> one.
+torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && cos.dtype() == torch::kFloat32 && sin.dtype() == torch::kFloat32 &&
+              x.dim() == 4 && cos.dim() == 4 && sin.sizes() == cos.sizes() && x.size(3) % 2 == 0 &&
+              cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && cos.size(1) == 1 &&
+              (cos.size(0) == 1 || cos.size(0) == x.size(0)), "rope: shapes");
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
+  auto out = torch::empty({B, H, T, D}, x.options());
+  auto xa = x.accessor<float, 4>(), ca = cos.accessor<float, 4>(), sa = sin.accessor<float, 4>();
+  auto oa = out.accessor<float, 4>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t bc = cos.size(0) == 1 ? 0 : b;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t d = 0; d < half; ++d) {
+          const float x0 = xa[b][h][t][d], x1 = xa[b][h][t][d + half];
+          oa[b][h][t][d] = x0 * ca[bc][0][t][d] + (-x1) * sa[bc][0][t][d];
+          oa[b][h][t][d + half] = x1 * ca[bc][0][t][d + half] + x0 * sa[bc][0][t][d + half];
+        }
+  }
+  return out;
 }
 """
 
@@ -343,6 +407,10 @@ torch::Tensor q5_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor qh, tor
                         c10::optional<torch::Tensor> bias, bool swiglu);
 torch::Tensor q8_dequantize(torch::Tensor q, torch::Tensor scale, bool bf16);
 torch::Tensor q5_dequantize(torch::Tensor qs, torch::Tensor qh, torch::Tensor scale, bool bf16);
+torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor mins, torch::Tensor scale,
+                        c10::optional<torch::Tensor> bias, bool swiglu);
+torch::Tensor q4_dequantize(torch::Tensor qs, torch::Tensor mins, torch::Tensor scale, bool bf16);
+torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin);
 """
 
 
@@ -367,8 +435,8 @@ def _module():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear", "q5_linear", "q8_dequantize", "q5_dequantize"],
-                           extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+        return load_inline(name="longctx_q8", cpp_sources=[_CPP_DECL, _SOURCE], functions=["q8_linear", "q5_linear", "q8_dequantize", "q5_dequantize", "q4_linear", "q4_dequantize", "rope"],
+                           extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"],
                            extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler / ninja, or a build failure: the reference path runs
         log.warning("q8 kernel could not be built (%s); PyTorch's int8/int4 kernels instead (slower)",
@@ -456,3 +524,52 @@ def q5_matmul(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor, scale: torch.
     if module is None:
         return q8_matmul(x, q5_values(qs, qh), scale, bias, gated=gated)
     return module.q5_linear(x, qs, qh, scale, bias, gated)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """RoPE of a few float32 tokens in one call (what `rope.apply_rope` computes), or None where
+    the kernel is not built."""
+    module = _module()
+    return None if module is None else module.rope(x, cos, sin)
+
+
+def q4_pack(q: torch.Tensor) -> torch.Tensor:
+    """q (N, K) in 0..15 -> qs (N, K/2) uint8: byte j of a group holds element j (low nibble) and
+    element j + 16 (high), the layout of GGUF's Q4_0 / Q4_1 blocks."""
+    n = q.shape[0]
+    groups = q.to(torch.uint8).view(n, -1, 32)
+    return (groups[..., :16] | (groups[..., 16:] << 4)).reshape(n, -1)
+
+
+def q4_values(qs: torch.Tensor) -> torch.Tensor:
+    """qs (N, K/2) -> q (N, K) uint8 in 0..15 (`q4_pack` undone)."""
+    n = qs.shape[0]
+    return torch.cat([(qs & 0x0F).view(n, -1, 16), (qs >> 4).view(n, -1, 16)], dim=-1).view(n, -1)
+
+
+def q4_dequantize(qs: torch.Tensor, mins: torch.Tensor, scale: torch.Tensor,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """w = q * scale + min per group of 32, (N, K) in `dtype`."""
+    module = _module()
+    if module is not None and dtype in (torch.float32, torch.bfloat16):
+        return module.q4_dequantize(qs, mins, scale, dtype == torch.bfloat16)
+    n = qs.shape[0]
+    w = q4_values(qs).float().view(n, -1, GROUP) * scale.float()[..., None] + mins.float()[..., None]
+    return w.view(n, -1).to(dtype)
+
+
+def q4_reference(x: torch.Tensor, qs: torch.Tensor, mins: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """What `q4_matmul` computes, in plain PyTorch: int8 activations per group times the weight."""
+    return quantize_activations(x) @ q4_dequantize(qs, mins, scale).t()
+
+
+def q4_matmul(x: torch.Tensor, qs: torch.Tensor, mins: torch.Tensor, scale: torch.Tensor,
+              bias: torch.Tensor | None = None, *, gated: bool = False) -> torch.Tensor:
+    """As `q8_matmul` for 4-bit weights with a scale and a min per group of 32 (w = scale * q + min):
+    the nibbles against int8 activations, the min through the activations' group sums."""
+    module = _module()
+    if module is None:
+        y = q4_reference(x, qs, mins, scale)
+        y = y if bias is None else y + bias
+        return swiglu(y) if gated else y
+    return module.q4_linear(x, qs, mins, scale, bias, gated)

@@ -132,6 +132,8 @@ class Attention(nn.Module):
         mode = ATTENTION_MODES[ctx.mode]
         if ctx.segments is None:
             out = mode(q, k, v, ctx, self.layer_idx, rope)  # (B, Hq, T, D)
+        elif len(ctx.segments) == 1:  # one sequence packed: it is the whole input
+            out = mode(q, k, v, ctx.segments[0].ctx, self.layer_idx, rope)
         else:  # packed sequences (B = 1): each attends over its own cache
             out = torch.cat([
                 mode(q[:, :, s.start : s.stop], k[:, :, s.start : s.stop], v[:, :, s.start : s.stop],

@@ -70,7 +70,8 @@ COMPUTE = torch.bfloat16
 GGUF_PLAN = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
              "Q5_0": "int8", "Q8_0": "int8", "Q6_K": "int8",
              "F32": "bf16", "F16": "bf16", "BF16": "bf16"}
-# with the q8 kernel: these GGUF types become Q8Linear (int8 per group of 32)
+Q4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # with our kernels: Q4Linear (4 bits, a scale and a min per 32)
+# with the q8 kernel: these GGUF types become Q8Linear (int8 per group of 32), or Q5/Q4 as above
 GGUF_Q8 = {"Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q8_0", "Q6_K"}
 
 
@@ -388,6 +389,35 @@ class Q5Linear(GroupLinear):
         return kernels.q5_dequantize(self.qs, self.qh, self.scale, dtype)
 
 
+class Q4Linear(GroupLinear):
+    """4-bit weights with a scale and a min per group of 32, w = scale * q + min: GGUF's Q4_0 and
+    Q4_1 blocks as stored, Q4_K's sub-blocks with their scale and min as float16 (d * sc and
+    -dmin * m rounded once). `kernels.q4_matmul`: 0.625 bytes a weight against int8's 1.06."""
+
+    def __init__(self, qs: torch.Tensor, mins: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None = None, gated: bool = False):
+        super().__init__((qs.shape[0], qs.shape[1] * 2), scale, bias, gated)
+        self.register_buffer("qs", qs.to(torch.uint8).contiguous())
+        self.register_buffer("mins", mins.to(torch.float16).contiguous())
+
+    @classmethod
+    def from_groups(cls, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> Q4Linear:
+        """From w = scale * q + offset (q in 0..15 per group of 32, `GGUFTensor.int4_groups`)."""
+        return cls(kernels.q4_pack(q), offset.half(), scale.half(), bias)
+
+    @classmethod
+    def concat(cls, parts: list[Q4Linear], gated: bool = False) -> Q4Linear:
+        return cls(torch.cat([p.qs for p in parts]), torch.cat([p.mins for p in parts]),
+                   torch.cat([p.scale for p in parts]), _stacked_bias(parts), gated)
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.q4_matmul(x, self.qs, self.mins, self.scale, self.bias, gated=self.gated)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return kernels.q4_dequantize(self.qs, self.mins, self.scale, dtype)
+
+
 def _stacked_bias(parts: list[GroupLinear]) -> torch.Tensor | None:
     if all(p.bias is None for p in parts):
         return None
@@ -540,8 +570,8 @@ def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTens
 
 def fuse_projections(model: nn.Module) -> nn.Module:
     """Where q, k, v (and an MLP's gate and up) are all `GroupLinear`, one module does the work of
-    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way); Q5 when
-    all parts are, else int8 (exact for Q5 parts). The fused MLP module returns silu(gate) * up
+    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way); in the
+    parts' own kind when they share one, int8 when Q5 and int8 mix (exact for Q5 parts), else not. The fused MLP module returns silu(gate) * up
     itself (the kernel applies it to its output)."""
     for module in model.modules():
         names = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -549,8 +579,11 @@ def fuse_projections(model: nn.Module) -> nn.Module:
             if not hasattr(module, fused) or getattr(module, fused) is not None:
                 continue
             linears = [getattr(module, name, None) for name in parts]
-            if all(isinstance(m, GroupLinear) and not m.gated for m in linears):
-                kind = Q5Linear if all(isinstance(m, Q5Linear) for m in linears) else Q8Linear
+            kinds = {type(m) for m in linears}
+            if any(not isinstance(m, GroupLinear) or m.gated for m in linears):
+                continue
+            if len(kinds) == 1 or kinds <= {Q5Linear, Q8Linear}:  # Q5 parts become int8 exactly
+                kind = kinds.pop() if len(kinds) == 1 else Q8Linear
                 setattr(module, fused, kind.concat(linears, gated=fused == "gate_up_proj"))
                 for name in parts:
                     delattr(module, name)
@@ -568,6 +601,8 @@ def _quantized_linear(mode: str, source: GGUFTensor | None, weight: torch.Tensor
         if kind == "int8" and q8 and source.shape[1] % GROUP == 0:
             if mode == "gguf" and source.type_name == "Q5_0":
                 return Q5Linear(*source.q5_parts(), bias)
+            if mode == "gguf" and source.type_name in Q4_TYPES and (groups := source.int4_groups()) is not None:
+                return Q4Linear.from_groups(*groups, bias)
             return Q8Linear(*source.q8_groups(), bias)
         if kind in ("int4", "int4x2") and (groups := source.int4_groups()) is not None:
             return Int4Linear.from_groups(*groups, bias)

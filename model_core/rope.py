@@ -13,8 +13,11 @@ from collections.abc import Callable
 
 import torch
 
+from model_core import kernels
 from model_core.config import ModelConfig
 from model_core.errors import CheckpointError
+
+ROPE_KERNEL_TOKENS = 16  # up to this many tokens per row, `kernels.rope` (decode steps)
 
 RopeFn = Callable[[ModelConfig], tuple[torch.Tensor, float]]
 
@@ -98,5 +101,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by cos/sin (B, 1, T, D)."""
+    """x (B, H, T, D) rotated by cos/sin (B, 1, T, D). A decode step's few float32 tokens on the CPU
+    take one call of `kernels.rope` (the same arithmetic) instead of six eager ops."""
+    if x.shape[2] <= ROPE_KERNEL_TOKENS and x.dtype == cos.dtype == torch.float32 and x.device.type == "cpu":
+        rotated = kernels.rope(x, cos, sin)
+        if rotated is not None:
+            return rotated
+    return rope_reference(x, cos, sin)
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + rotate_half(x) * sin

@@ -269,3 +269,37 @@ def test_without_the_q8_kernel_gguf_weights_take_pytorchs_kernels(monkeypatch):
         monkeypatch.delenv("LONGCTX_NO_KERNELS")
         kernels._module.cache_clear()
     assert kernels.available() == built  # switched back on for the tests that follow
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, cos_batch, tokens", [(1, 1, 1), (2, 2, 3), (2, 1, 16)])
+def test_rope_kernel_rotates_as_the_reference(batch, cos_batch, tokens):
+    from model_core.rope import apply_rope, rope_reference
+
+    x = torch.randn(batch, tokens, 14, 64).transpose(1, 2)  # (B, H, T, D), strided as the model's
+    cos, sin = torch.randn(cos_batch, 1, tokens, 64), torch.randn(cos_batch, 1, tokens, 64)
+    assert torch.equal(kernels.rope(x, cos, sin), rope_reference(x, cos, sin))
+    assert torch.equal(apply_rope(x, cos, sin), rope_reference(x, cos, sin))
+
+
+@needs_kernel
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K"])
+def test_q4_blocks_stay_four_bit_and_multiply_as_their_weight(type_name):
+    """GGUF's 4-bit blocks kept as nibbles with a scale and a min per 32 (Q4_K's sub-block scale and
+    min rounded once to float16); the kernel multiplies as the dequantized weight does."""
+    from model_core.quantize import Q4Linear, _quantized_linear
+
+    blocks = random_blocks(type_name, 64, 512, seed=9)
+    module = _quantized_linear("gguf", blocks, torch.empty(0), torch.randn(64), "w")
+    assert isinstance(module, Q4Linear)
+    weight = reference(blocks)
+    tolerance = 0.0 if type_name != "Q4_K" else 2e-3 * weight.abs().max().item()  # float16 scale and min
+    assert (module.dequantize() - weight).abs().max().item() <= tolerance
+    assert module.qs.numel() == 64 * 512 // 2
+    for rows in (1, 5):
+        x = torch.randn(rows, 512)
+        expected = F.linear(kernels.quantize_activations(x), module.dequantize(), module.bias)
+        torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    gated = Q4Linear.concat([module, module], gated=True)
+    x = torch.randn(2, 512)
+    torch.testing.assert_close(gated(x), F.silu(module(x)) * module(x), rtol=1e-4, atol=1e-3)
