@@ -303,3 +303,16 @@ def test_q4_blocks_stay_four_bit_and_multiply_as_their_weight(type_name):
     gated = Q4Linear.concat([module, module], gated=True)
     x = torch.randn(2, 512)
     torch.testing.assert_close(gated(x), F.silu(module(x)) * module(x), rtol=1e-4, atol=1e-3)
+
+
+@needs_kernel
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q5_0"])
+def test_an_odd_number_of_groups_takes_the_avx2_path_and_agrees(type_name):
+    """K = 96 (three groups): the AVX-512 path pairs groups, so this runs the AVX2 one everywhere."""
+    from model_core.quantize import _quantized_linear
+
+    blocks = random_blocks(type_name, 40, 96, seed=11)
+    module = _quantized_linear("gguf", blocks, torch.empty(0), None, "w")
+    x = torch.randn(3, 96)
+    expected = F.linear(kernels.quantize_activations(x), reference(blocks))
+    torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
