@@ -9,7 +9,12 @@ the budget (`cache_share`; 0 turns prefix caching off).
 Hashes are chained (vLLM, nano-vllm): block i's hash covers its token ids and block i-1's hash,
 so equal hashes mean equal whole prefixes. A match also compares the stored token ids, so reuse
 is exact even against a hash collision. Only full blocks are hashed; a sequence's partial last
-block is private.
+block is private. The reused keys and values are the very ones computed before; what follows
+them is computed as a tail (its attention over the cached prefix and itself merged by LSE, not
+one causal pass), so logits equal a cold prefill's to float rounding, not bit for bit: a greedy
+near-tie can go the other way (seen once on the 0.5B: "a vast, open area" cold, "a vast,
+unforgiving landscape" with 32 of 36 prompt tokens cached; the eager backend gives the second
+both times).
 
 Allocation prefers the block right after the sequence's last one, so a sequence running alone
 keeps consecutive blocks and is read as a view (cache.SequenceKV), like a static cache row.
