@@ -162,9 +162,10 @@ static void rows_block(const W& w, const int8_t* xq, const float* xd, const floa
 // The AVX2 unpack costs more than the bytes it saves; this one does not (docs/quantization.md).
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 template <int R, class W>
-AVX512 static void nibble_rows_512(const W& w, const int8_t* xq, const float* xd, const float* xs,
+AVX512 static void nibble_rows_512(const W& w, const int8_t* xq, const float* xdv, const float* xs,
                                    const float* wd, const float* bias, float* y, int64_t K, int64_t N,
                                    int64_t n0, int64_t n1) {
+  // xdv: per row and pair of groups, d_x of the pair's first group in 8 lanes, of its second in 8
   const int64_t G = K / 32;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m512i bit4 = _mm512_set1_epi8(0x10);
@@ -185,13 +186,14 @@ AVX512 static void nibble_rows_512(const W& w, const int8_t* xq, const float* xd
         const __mmask64 high = (uint64_t)qh[g] | ((uint64_t)qh[g + 1] << 32);
         wv = _mm512_or_si512(nib, _mm512_maskz_mov_epi8(high, bit4));
       }
+      const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(dn[g]), _mm256_set1_ps(dn[g + 1]), 1);
+      const float s0 = w.shift(n, g, dn[g]), s1 = w.shift(n, g + 1, dn[g + 1]);
       for (int r = 0; r < R; ++r) {
         const __m512i xv = _mm512_loadu_si512((const void*)(xq + r * K + g * 32));
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-        const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(dn[g] * xd[r * G + g]),
-                                                _mm256_set1_ps(dn[g + 1] * xd[r * G + g + 1]), 1);
+        const __m512 scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xdv + (r * G + g) * 8));
         acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
-        shift[r] += w.shift(n, g, dn[g]) * xs[r * G + g] + w.shift(n, g + 1, dn[g + 1]) * xs[r * G + g + 1];
+        shift[r] += s0 * xs[r * G + g] + s1 * xs[r * G + g + 1];
       }
     }
     const float bv = bias ? bias[n] : 0.0f;
@@ -207,10 +209,10 @@ static bool has_avx512_vnni() {
 }
 
 template <int R, class W>
-static void rows(const W& w, const int8_t* xq, const float* xd, const float* xs, const float* wd,
-                 const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+static void rows(const W& w, bool wide, const int8_t* xq, const float* xd, const float* xdv, const float* xs,
+                 const float* wd, const float* bias, float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
   if constexpr (!std::is_same<W, Q8Weights>::value) {
-    if ((K / 32) % 2 == 0 && has_avx512_vnni()) return nibble_rows_512<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
+    if (wide) return nibble_rows_512<R>(w, xq, xdv, xs, wd, bias, y, K, N, n0, n1);
   }
   rows_block<R>(w, xq, xd, xs, wd, bias, y, K, N, n0, n1);
 }
@@ -254,19 +256,29 @@ static torch::Tensor linear(const W& w, torch::Tensor x, int64_t N, torch::Tenso
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
   float* yp = y.data_ptr<float>();
   // Output rows split across threads; a chunk of 16 weight rows stays in cache while every
-  // block of up to 4 activation rows passes over it.
+  // block of activation rows passes over it: up to 8 rows on the AVX-512 nibble path (32
+  // registers: one unpacked weight pair serves 8 rows), 4 elsewhere.
+  const bool wide = !std::is_same<W, Q8Weights>::value && G % 2 == 0 && has_avx512_vnni();
+  const int64_t block = wide ? 8 : 4;
+  std::vector<float> xdv(wide ? M * G * 8 : 0);  // d_x of each group in 8 lanes (pairs: one 512-bit load)
+  for (int64_t i = 0; i < (int64_t)xdv.size(); ++i) xdv[i] = xdp[i / 8];
+  const float* xdvp = xdv.data();
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> wd(16 * G);
     for (int64_t n0 = begin; n0 < end; n0 += 16) {
       const int64_t n1 = std::min(end, n0 + 16);
       for (int64_t i = 0; i < (n1 - n0) * G; ++i) wd[i] = _cvtsh_ss(sp[n0 * G + i]);
-      for (int64_t m = 0; m < M; m += 4) {
-        const int64_t r = std::min<int64_t>(4, M - m), o = m * K, og = m * G;
+      for (int64_t m = 0; m < M; m += block) {
+        const int64_t r = std::min<int64_t>(block, M - m), o = m * K, og = m * G;
         float* ym = yp + m * N;
-        if (r == 4) rows<4>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
-        else if (r == 3) rows<3>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
-        else if (r == 2) rows<2>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
-        else rows<1>(w, xqp + o, xdp + og, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        if (r == 8) rows<8>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 7) rows<7>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 6) rows<6>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 5) rows<5>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 4) rows<4>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 3) rows<3>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else if (r == 2) rows<2>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
+        else rows<1>(w, wide, xqp + o, xdp + og, xdvp + og * 8, xsp + og, wd.data(), bp, ym, K, N, n0, n1);
       }
     }
   });
