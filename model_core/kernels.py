@@ -13,8 +13,8 @@ plus a high bit for Q5, as unsigned integers) and the format's offset or min com
 group sums of the activations; on CPUs with AVX-512 BW/VNNI two groups go in one register (Q5's
 high bits by a byte mask, products by `vpdpbusd`), chosen at run time, the AVX2 path elsewhere.
 
-where xq, d are x in llama.cpp's Q8_0 form: each group of 32 activations as int8 with one scale
-d = max|x| / 127 (`quantize_activations`). This is how llama.cpp multiplies Q8_0 / Q5_0 / Q4_0
+In the q8 formula xq, d are x in llama.cpp's Q8_0 form: each group of 32 activations as int8 with
+one scale d = max|x| / 127 (`quantize_activations`). This is how llama.cpp multiplies Q8_0 / Q5_0 / Q4_0
 weights on x86 (`ggml_vec_dot_q8_0_q8_0`); the algorithm is re-derived here, not copied.
 
 Why it exists (measured on a 2-core AVX2 EPYC, docs/quantization.md): PyTorch 2.13's
@@ -28,7 +28,8 @@ here exactly, the way llama.cpp holds Q8_0 (fp16 scale + 32 int8).
 The kernel: activations are quantized once per call; each group of 32 products is one integer
 dot product (`vpmaddubsw` on |x| and sign(x) * w, pairs summed by `vpmaddwd`; |x|, |w| <= 127 so
 the int16 pair sums cannot saturate), converted to float and scaled by d_x * d_w with FMA. A
-weight row is read once per block of up to 4 activation rows; output rows are split across
+weight row is read once per block of up to 4 activation rows (8 on the AVX-512 path of the 4- and
+5-bit formats); output rows are split across
 PyTorch's own OpenMP pool (`at::parallel_for`, compiled with -fopenmp, which binds to the libgomp
 torch ships, so `torch.set_num_threads` holds). Measured on the 0.5B Qwen2 against float32
 (docs/quantization.md): Q8_0 activations with exact int8 weights keep top-1 agreement at 98%.
@@ -320,7 +321,7 @@ static inline __m256i to_bf16(__m256 a, __m256 b) {
   return _mm256_permute4x64_epi64(_mm256_packus_epi32(ia, ib), 0xD8);  // packus interleaves lanes
 }
 
-// Group i (of N * K/32) of a weight as 32 floats, then w = d * (value - offset).
+// Group i (of N * K/32) of a dequantized weight, 32 floats, stored as float32 or bfloat16.
 static inline void store_group(uint8_t* op, int64_t i, const __m256 v[4], bool bf16) {
   if (bf16) {
     __m256i* o = reinterpret_cast<__m256i*>(op + i * 64);

@@ -317,9 +317,12 @@ class GroupLinear(QuantizedLinear):
 
     kernel_rows = 64
 
-    def __init__(self, shape: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, gated: bool):
+    def __init__(self, shape: tuple[int, int], scale: torch.Tensor, bias: torch.Tensor | None, gated: bool,
+                 **packed: torch.Tensor):
         super().__init__(shape[1], shape[0], bias)
         self.register_buffer("scale", scale.to(torch.float16).contiguous())
+        for name, values in packed.items():  # the format's own arrays (q; qs, qh; qs, mins)
+            self.register_buffer(name, values.contiguous())
         self.gated = gated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,8 +344,7 @@ class Q8Linear(GroupLinear):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                  gated: bool = False):
-        super().__init__(q.shape, scale, bias, gated)
-        self.register_buffer("q", q.to(torch.int8).contiguous())
+        super().__init__(q.shape, scale, bias, gated, q=q.to(torch.int8))
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Q8Linear:
@@ -369,9 +371,8 @@ class Q5Linear(GroupLinear):
 
     def __init__(self, qs: torch.Tensor, qh: torch.Tensor, scale: torch.Tensor,
                  bias: torch.Tensor | None = None, gated: bool = False):
-        super().__init__((qs.shape[0], qs.shape[1] * 2), scale, bias, gated)
-        self.register_buffer("qs", qs.to(torch.uint8).contiguous())
-        self.register_buffer("qh", qh.to(torch.int32).contiguous())
+        super().__init__((qs.shape[0], qs.shape[1] * 2), scale, bias, gated, qs=qs.to(torch.uint8),
+                         qh=qh.to(torch.int32))
 
     @classmethod
     def concat(cls, parts: list[Q5Linear], gated: bool = False) -> Q5Linear:
@@ -396,9 +397,8 @@ class Q4Linear(GroupLinear):
 
     def __init__(self, qs: torch.Tensor, mins: torch.Tensor, scale: torch.Tensor,
                  bias: torch.Tensor | None = None, gated: bool = False):
-        super().__init__((qs.shape[0], qs.shape[1] * 2), scale, bias, gated)
-        self.register_buffer("qs", qs.to(torch.uint8).contiguous())
-        self.register_buffer("mins", mins.to(torch.float16).contiguous())
+        super().__init__((qs.shape[0], qs.shape[1] * 2), scale, bias, gated, qs=qs.to(torch.uint8),
+                         mins=mins.to(torch.float16))
 
     @classmethod
     def from_groups(cls, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
@@ -568,21 +568,24 @@ def quantize_model(model: nn.Module, mode: str, gguf_tensors: dict[str, GGUFTens
     return fuse_projections(model)
 
 
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
 def fuse_projections(model: nn.Module) -> nn.Module:
     """Where q, k, v (and an MLP's gate and up) are all `GroupLinear`, one module does the work of
-    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way); in the
-    parts' own kind when they share one, int8 when Q5 and int8 mix (exact for Q5 parts), else not. The fused MLP module returns silu(gate) * up
+    each group: fewer kernel calls per decode step (gpt-fast fuses wqkv the same way). The fused
+    module is of the parts' own kind when they share one, int8 when Q5 and int8 mix (exact for the
+    Q5 parts), and there is no fusion otherwise. The fused MLP module returns silu(gate) * up
     itself (the kernel applies it to its output)."""
     for module in model.modules():
-        names = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-        for fused, parts in names.items():
+        for fused, parts in FUSED.items():
             if not hasattr(module, fused) or getattr(module, fused) is not None:
                 continue
             linears = [getattr(module, name, None) for name in parts]
-            kinds = {type(m) for m in linears}
             if any(not isinstance(m, GroupLinear) or m.gated for m in linears):
                 continue
-            if len(kinds) == 1 or kinds <= {Q5Linear, Q8Linear}:  # Q5 parts become int8 exactly
+            kinds = {type(m) for m in linears}
+            if len(kinds) == 1 or kinds <= {Q5Linear, Q8Linear}:
                 kind = kinds.pop() if len(kinds) == 1 else Q8Linear
                 setattr(module, fused, kind.concat(linears, gated=fused == "gate_up_proj"))
                 for name in parts:
